@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/hagmoe serve
+
+lint: install
+	$(VENV)/bin/ruff check hagmoe server tests
+	$(VENV)/bin/ruff format --check hagmoe server tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest tests
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,165 @@
+"""The `hagmoe` command: bench and generate (serve, train and import-hf join as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from hagmoe.engine.config import DTYPES, EngineConfig
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--num-blocks", type=int, default=None, help="KV cache size in blocks")
+    g.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size in bytes")
+    g.add_argument("--max-num-batched-tokens", type=int, default=512)
+    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _engine_config(args: argparse.Namespace, max_num_seqs: int = 64) -> EngineConfig:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return EngineConfig(
+        block_size=args.block_size,
+        num_blocks=args.num_blocks,
+        kv_cache_bytes=args.kv_cache_bytes,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=not args.no_prefix_caching,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hagmoe.engine.bench import Workload, bench
+    from hagmoe.model import random_model
+    from hagmoe.model.checkpoint import load_model
+
+    config = _engine_config(args)
+    if args.model:
+        model = load_model(args.model, device=args.device, dtype=config.torch_dtype)
+    else:
+        model = random_model(
+            args.config, seed=args.seed, dtype=config.torch_dtype, device=args.device
+        )
+    lo, hi = args.output_len if len(args.output_len) == 2 else args.output_len * 2
+    rows: list[dict[str, object]] = []
+    print(
+        f"model: {args.model or args.config}  router={model.config.router}  "
+        f"cache bytes/token={config.bytes_per_token(model.config)} "
+        f"({model.config.cache_values_per_token} values x {model.config.num_layers} layers)  "
+        f"threads={torch.get_num_threads()}  device={args.device}  dtype={args.dtype}"
+    )
+    print(
+        f"{'system':<18}{'conc':>5}{'reqs':>6}{'out tok':>9}{'secs':>8}{'tok/s':>10}"
+        f"{'ttft p50':>10}{'e2e p50':>9}"
+    )
+    for concurrency in args.concurrency:
+        work = Workload.random(
+            args.num_requests or 4 * concurrency,
+            args.input_len,
+            lo,
+            hi,
+            model.config.vocab_size,
+            args.seed,
+        )
+        results = bench(
+            model,
+            work,
+            concurrency,
+            _engine_config(args, concurrency),
+            naive_requests=args.naive_requests,
+            baselines=not args.no_baselines,
+        )
+        for r in results:
+            ttft = f"{r.ttft_median * 1e3:.0f}ms" if r.ttft_median is not None else "-"
+            e2e = f"{r.latency_median:.2f}s" if r.latency_median is not None else "-"
+            print(
+                f"{r.system:<18}{r.concurrency:>5}{r.num_requests:>6}{r.output_tokens:>9}"
+                f"{r.seconds:>8.2f}{r.tokens_per_second:>10.1f}{ttft:>10}{e2e:>9}"
+            )
+            rows.append(r.as_dict())
+        engine_tps = results[0].tokens_per_second
+        for r in results[1:]:
+            print(f"  engine / {r.system}: {engine_tps / r.tokens_per_second:.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from hagmoe.engine.llm import LLM
+    from hagmoe.engine.sampling_params import SamplingParams
+
+    llm = LLM(args.model, config=_engine_config(args))
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    for completion in llm.generate(args.prompt, params):
+        print(completion.text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hagmoe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="offline throughput against the naive and static baselines")
+    b.add_argument("--config", default="bench", help="named config of a random-weight model")
+    b.add_argument("--model", default=None, help="a model folder instead of --config")
+    b.add_argument("--concurrency", type=int, nargs="+", default=[32])
+    b.add_argument("--num-requests", type=int, default=None, help="default: 4 x concurrency")
+    b.add_argument("--input-len", type=int, default=64)
+    b.add_argument(
+        "--output-len",
+        type=int,
+        nargs="+",
+        default=[16, 128],
+        help="N, or MIN MAX drawn uniformly with --seed",
+    )
+    b.add_argument(
+        "--naive-requests",
+        type=int,
+        default=None,
+        help="requests for the (slow) naive baseline; default: one batch",
+    )
+    b.add_argument("--no-baselines", action="store_true")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", default=None, help="write the results here")
+    _engine_args(b)
+    b.set_defaults(func=cmd_bench)
+
+    g = sub.add_parser("generate", help="generate text offline from a model folder")
+    g.add_argument("--model", required=True)
+    g.add_argument("prompt", nargs="+")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None)
+    _engine_args(g)
+    g.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Engine configuration: cache size, batch limits, device and dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hagmoe.model.config import ModelConfig
+from hagmoe.model.errors import ConfigError
+
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Limits of one engine. The KV cache size is `num_blocks`, or `kv_cache_bytes` if given."""
+
+    block_size: int = 16
+    num_blocks: int | None = None  # default: enough for max_num_seqs full-length sequences
+    kv_cache_bytes: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None  # default: the model's max_position
+    enable_prefix_caching: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int | None = None  # the shared generator of unseeded requests
+    collect_routing_stats: bool = True  # per-step expert / group counts for metrics
+    keep_logits: bool = False  # keep each step's sampled-position logits (tests, debugging)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def resolve(self, model: ModelConfig) -> EngineConfig:
+        """Validate against the model and fill the derived sizes; returns self."""
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"engine dtype {self.dtype!r}: choose one of {sorted(DTYPES)}")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"engine {name} = {getattr(self, name)}: must be >= 1")
+        limit = model.max_position
+        if self.max_model_len is None:
+            self.max_model_len = limit
+        if not 1 <= self.max_model_len <= limit and model.position == "learned":
+            raise ConfigError(f"max_model_len = {self.max_model_len}: must lie in [1, {limit}]")
+        per_block = self.bytes_per_block(model)
+        if self.kv_cache_bytes is not None:
+            self.num_blocks = self.kv_cache_bytes // per_block
+        elif self.num_blocks is None:
+            blocks_per_seq = -(-self.max_model_len // self.block_size)
+            self.num_blocks = self.max_num_seqs * blocks_per_seq
+        if self.num_blocks < 1:
+            raise ConfigError(
+                f"KV cache of {self.kv_cache_bytes} bytes holds no block of "
+                f"{per_block} bytes; raise kv_cache_bytes"
+            )
+        return self
+
+    def bytes_per_token(self, model: ModelConfig) -> int:
+        """Cache bytes per token: all layers' K, V and routing values."""
+        return model.num_layers * model.cache_values_per_token * self.torch_dtype.itemsize
+
+    def bytes_per_block(self, model: ModelConfig) -> int:
+        return self.block_size * self.bytes_per_token(model)

@@ -1,0 +1,163 @@
+"""The synchronous engine: add requests, step, read outputs. AsyncEngine and LLM wrap it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.detokenizer import IncrementalDetokenizer
+from hagmoe.engine.errors import InvalidRequestError
+from hagmoe.engine.kv_cache_manager import KVCacheManager
+from hagmoe.engine.model_runner import ModelRunner, RoutingStats
+from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request, RequestStatus
+from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.scheduler import Scheduler
+from hagmoe.model.model import HagMoEModel
+from hagmoe.model.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class StepStats:
+    """What one step did, for metrics."""
+
+    num_batched_tokens: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    num_preempted: int = 0
+    kv_cache_usage: float = 0.0
+    duration: float = 0.0
+    routing: RoutingStats | None = None
+
+
+class EngineCore:
+    """One model, one cache, one scheduler; not thread-safe (AsyncEngine owns it from one thread)."""
+
+    def __init__(
+        self, model: HagMoEModel, tokenizer: Tokenizer | None, config: EngineConfig | None = None
+    ) -> None:
+        self.config = (config or EngineConfig()).resolve(model.config)
+        assert self.config.num_blocks is not None and self.config.max_model_len is not None
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kv_cache = KVCacheManager(
+            self.config.num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.kv_cache,
+            self.config.max_num_seqs,
+            self.config.max_num_batched_tokens,
+            self.config.max_model_len,
+        )
+        self.runner = ModelRunner(model, self.config)
+        self.last_stats = StepStats()
+        self.last_logits: dict[str, Tensor] = {}
+
+    @property
+    def eos_token_id(self) -> int | None:
+        if self.model.config.eos_token_id is not None:
+            return self.model.config.eos_token_id
+        return self.tokenizer.eos_token_id if self.tokenizer is not None else None
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        deadline: float | None = None,
+    ) -> Request:
+        """Validate and queue a request; raises InvalidRequestError naming the field."""
+        params = params or SamplingParams()
+        self.validate(prompt_token_ids, params)
+        if request_id in self.scheduler.requests:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        request = Request(
+            request_id, list(prompt_token_ids), params, self.eos_token_id, deadline=deadline
+        )
+        if self.tokenizer is not None:
+            request.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, request.prompt_token_ids, params.stop, params.skip_special_tokens
+            )
+        self.scheduler.add_request(request)
+        return request
+
+    def validate(self, prompt: list[int], params: SamplingParams) -> None:
+        """Raise InvalidRequestError if the prompt or the parameters break a limit (pure)."""
+        params.validate(self.model.config.vocab_size)
+        limit, vocab = self.config.max_model_len, self.model.config.vocab_size
+        assert limit is not None
+        if not prompt:
+            raise InvalidRequestError("prompt", "must hold at least one token")
+        if len(prompt) >= limit:
+            raise InvalidRequestError(
+                "prompt",
+                f"{len(prompt)} tokens; the model takes at most "
+                f"{limit - 1} so that one token can be generated",
+            )
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError("prompt", f"token id {bad} outside [0, vocab_size={vocab})")
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its cache; None if it is not in flight."""
+        request = self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
+        if request is None:
+            return None
+        return RequestOutput(
+            request_id=request_id,
+            new_token_ids=[],
+            new_text="",
+            finished=True,
+            finish_reason="abort",
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            arrival_time=request.arrival_time,
+            first_token_time=request.first_token_time,
+            finished_time=request.finished_time,
+        )
+
+    def abort_expired(self, now: float | None = None) -> list[RequestOutput]:
+        """Abort every request whose deadline has passed."""
+        now = time.monotonic() if now is None else now
+        expired = [
+            r.request_id
+            for r in self.scheduler.requests.values()
+            if r.deadline is not None and r.deadline <= now
+        ]
+        return [o for rid in expired if (o := self.abort_request(rid)) is not None]
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, update requests; returns the step's outputs."""
+        start = time.perf_counter()
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            self.last_stats = self._stats(0, sched_preempted=len(sched.preempted), start=start)
+            return []
+        result = self.runner.execute(sched)
+        outputs = self.scheduler.update_from_output(sched, result)
+        if self.config.keep_logits:
+            self.last_logits = dict(result.logits)
+        self.last_stats = self._stats(
+            sched.num_batched_tokens, len(sched.preempted), start, result.routing_stats
+        )
+        return outputs
+
+    def _stats(
+        self, tokens: int, sched_preempted: int, start: float, routing: RoutingStats | None = None
+    ) -> StepStats:
+        return StepStats(
+            num_batched_tokens=tokens,
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            num_preempted=sched_preempted,
+            kv_cache_usage=self.kv_cache.usage,
+            duration=time.perf_counter() - start,
+            routing=routing,
+        )

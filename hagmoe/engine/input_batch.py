@@ -1,0 +1,101 @@
+"""Packs one step's scheduled tokens into a flat batch and its attention segments.
+
+Legend: T flat tokens of the step, S sampled requests, B sequences of a segment,
+Q query rows, L key positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hagmoe.engine.scheduler import ScheduledRequest
+from hagmoe.model.context import Segment
+
+
+@dataclass(slots=True)
+class InputBatch:
+    input_ids: Tensor  # [T]
+    positions: Tensor  # [T]
+    slot_mapping: Tensor  # [T]
+    segments: list[Segment]
+    sample_index: Tensor  # [S] flat token whose logits are sampled
+    sampled: list[ScheduledRequest]  # the S requests, in sample_index order
+
+
+def build_input_batch(
+    scheduled: list[ScheduledRequest], block_size: int, device: torch.device
+) -> InputBatch:
+    """Decode rows (one new token) form one segment and prefill chunks another, so a long chunk
+    does not pad every decode row to its length."""
+    decodes = [s for s in scheduled if s.num_new_tokens == 1]
+    prefills = [s for s in scheduled if s.num_new_tokens > 1]
+    ordered = decodes + prefills
+    ids, pos, slots, starts = [], [], [], []
+    start = 0
+    for s in ordered:
+        req, c, n = s.request, s.request.num_computed_tokens, s.num_new_tokens
+        p = np.arange(c, c + n)
+        table = np.asarray(req.block_table, dtype=np.int64)
+        ids.append(np.asarray(req.all_token_ids[c : c + n], dtype=np.int64))
+        pos.append(p)
+        slots.append(table[p // block_size] * block_size + p % block_size)
+        starts.append(start)
+        start += n
+    sampled = [
+        (st + s.num_new_tokens - 1, s) for st, s in zip(starts, ordered, strict=True) if s.samples
+    ]
+    segments = [
+        _segment(group, group_starts, block_size, device)
+        for group, group_starts in (
+            (decodes, starts[: len(decodes)]),
+            (prefills, starts[len(decodes) :]),
+        )
+        if group
+    ]
+
+    def to(arrays: list[np.ndarray]) -> Tensor:
+        return torch.from_numpy(np.concatenate(arrays)).to(device)
+
+    return InputBatch(
+        input_ids=to(ids),
+        positions=to(pos),
+        slot_mapping=to(slots),
+        segments=segments,
+        sample_index=torch.tensor([i for i, _ in sampled], dtype=torch.long, device=device),
+        sampled=[s for _, s in sampled],
+    )
+
+
+def _segment(
+    group: list[ScheduledRequest], starts: list[int], block_size: int, device: torch.device
+) -> Segment:
+    b = len(group)
+    q = max(s.num_new_tokens for s in group)
+    lengths = [s.request.num_computed_tokens + s.num_new_tokens for s in group]
+    l_max = max(lengths)
+    rows = np.arange(q)
+    counts = np.asarray([s.num_new_tokens for s in group])
+    valid = rows[None, :] < counts[:, None]  # [B, Q]
+    firsts = np.asarray([s.request.num_computed_tokens for s in group])
+    query_pos = np.where(valid, firsts[:, None] + rows[None, :], 0)
+    token_index = np.where(valid, np.asarray(starts)[:, None] + rows[None, :], 0)
+    offsets = np.arange(block_size)
+    key_slots = np.zeros((b, l_max), dtype=np.int64)
+    for i, (s, length) in enumerate(zip(group, lengths, strict=True)):
+        nblocks = -(-length // block_size)
+        table = np.asarray(s.request.block_table[:nblocks], dtype=np.int64)
+        key_slots[i, :length] = (table[:, None] * block_size + offsets).reshape(-1)[:length]
+
+    def to(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return Segment(
+        query_pos=to(query_pos),
+        token_index=to(token_index),
+        valid=None if valid.all() else to(valid),
+        key_slots=to(key_slots),
+    )

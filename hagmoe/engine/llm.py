@@ -1,0 +1,108 @@
+"""The offline, synchronous API: `LLM(model).generate(prompts, params)`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.outputs import LayerDecision, RequestOutput
+from hagmoe.engine.request import TokenLogprob
+from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.model.model import HagMoEModel
+from hagmoe.model.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class Completion:
+    """One prompt's finished generation."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    num_cached_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    routing: list[list[LayerDecision]] = field(default_factory=list)
+    time_to_first_token: float | None = None
+    latency: float | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.token_ids += out.new_token_ids
+        self.text += out.new_text
+        self.logprobs += out.logprobs
+        self.routing += out.routing
+        if out.finished:
+            self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
+            self.num_cached_tokens = out.num_cached_tokens
+            if out.first_token_time is not None:
+                self.time_to_first_token = out.first_token_time - out.arrival_time
+            if out.finished_time is not None:
+                self.latency = out.finished_time - out.arrival_time
+
+
+def load_engine(
+    model: str | Path | HagMoEModel,
+    tokenizer: Tokenizer | None = None,
+    config: EngineConfig | None = None,
+) -> EngineCore:
+    """An EngineCore over a model folder (or a model object), on the config's device and dtype."""
+    config = config or EngineConfig()
+    if isinstance(model, HagMoEModel):
+        model = model.to(device=config.device, dtype=config.torch_dtype)
+    else:
+        from hagmoe.model.checkpoint import load_model
+
+        folder = Path(model)
+        tokenizer = tokenizer or Tokenizer.load(folder)
+        model = load_model(folder, device=config.device, dtype=config.torch_dtype)
+    return EngineCore(model.eval(), tokenizer, config)
+
+
+class LLM:
+    """Runs batches of prompts to completion with continuous batching."""
+
+    def __init__(
+        self,
+        model: str | Path | HagMoEModel,
+        tokenizer: Tokenizer | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.engine = load_engine(model, tokenizer, config)
+        self._ids = itertools.count()
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Generate for every prompt (text or token ids); results in prompt order."""
+        per_prompt = (
+            list(params)
+            if isinstance(params, Sequence)
+            else [params or SamplingParams()] * len(prompts)
+        )
+        if len(per_prompt) != len(prompts):
+            raise ValueError(f"{len(per_prompt)} sampling params for {len(prompts)} prompts")
+        completions: dict[str, Completion] = {}
+        for prompt, p in zip(prompts, per_prompt, strict=True):
+            ids = self.encode(prompt)
+            rid = f"offline-{next(self._ids)}"
+            self.engine.add_request(rid, ids, p)
+            completions[rid] = Completion(rid, ids)
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                completions[out.request_id].add(out)
+        return list(completions.values())
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if self.engine.tokenizer is None:
+            raise ValueError("text prompts need a tokenizer; pass token ids instead")
+        return self.engine.tokenizer.encode(prompt)

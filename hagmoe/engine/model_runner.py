@@ -1,0 +1,130 @@
+"""Runs the model once per step over the flat batch, against the paged expert-aware cache.
+
+Legend: T flat tokens, S sampled requests, V vocab, L layers, N experts, G groups,
+W cache values per token and layer (2*Hkv*hd + G + N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.input_batch import build_input_batch
+from hagmoe.engine.outputs import LayerDecision
+from hagmoe.engine.request import TokenLogprob
+from hagmoe.engine.sampler import Sampler
+from hagmoe.engine.scheduler import SchedulerOutput
+from hagmoe.model.context import ForwardContext
+from hagmoe.model.model import HagMoEModel
+from hagmoe.model.routing import LayerRouting
+
+
+@dataclass(slots=True)
+class RoutingStats:
+    """Routing of every token a step computed, summed over the step."""
+
+    expert_tokens: list[list[int]]  # [L][N] token-expert assignments
+    group_tokens: list[list[int]]  # [L][G] tokens per chosen group (empty for the linear router)
+    k: list[int]  # K of every token and layer
+    entropy: list[float]  # normalised entropy of every token and layer (attention router)
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
+    logprobs: dict[str, TokenLogprob] = field(default_factory=dict)
+    routing: dict[str, list[LayerDecision]] = field(default_factory=dict)
+    logits: dict[str, Tensor] = field(default_factory=dict)  # EngineConfig.keep_logits only
+    routing_stats: RoutingStats | None = None
+
+
+class ModelRunner:
+    """Owns the model, the per-layer cache tensors [num_slots, W] and the sampler."""
+
+    def __init__(self, model: HagMoEModel, config: EngineConfig) -> None:
+        assert config.num_blocks is not None
+        self.model = model
+        self.config = config
+        self.device = model.device
+        self.block_size = config.block_size
+        num_slots = config.num_blocks * config.block_size
+        width = model.config.cache_values_per_token
+        self.kv_caches = [
+            torch.zeros(num_slots, width, dtype=model.dtype, device=self.device)
+            for _ in range(model.config.num_layers)
+        ]
+        self.sampler = Sampler(seed=config.seed)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        """Compute the scheduled tokens, write their cache entries, sample where a request ends."""
+        batch = build_input_batch(sched.scheduled, self.block_size, self.device)
+        wants_routing = any(s.request.sampling_params.return_routing for s in batch.sampled)
+        ctx = ForwardContext(
+            positions=batch.positions,
+            segments=batch.segments,
+            kv_caches=self.kv_caches,
+            slot_mapping=batch.slot_mapping,
+            return_routing=wants_routing or self.config.collect_routing_stats,
+        )
+        hidden = self.model(batch.input_ids, ctx)
+        out = RunnerOutput()
+        if ctx.routing and self.config.collect_routing_stats:
+            out.routing_stats = self._routing_stats(ctx.routing)
+        if not batch.sampled:
+            return out
+        logits = self.model.compute_logits(hidden[batch.sample_index])  # [S, V]
+        requests = [s.request for s in batch.sampled]
+        result = self.sampler(logits, requests)
+        for row, (request, token) in enumerate(zip(requests, result.token_ids, strict=True)):
+            rid = request.request_id
+            out.sampled[rid] = token
+            if result.logprobs[row] is not None:
+                out.logprobs[rid] = result.logprobs[row]  # type: ignore[assignment]
+            if request.sampling_params.return_routing:
+                out.routing[rid] = _decisions(ctx.routing, int(batch.sample_index[row]))
+            if self.config.keep_logits:
+                out.logits[rid] = logits[row].clone()
+        return out
+
+    def _routing_stats(self, routing: list[LayerRouting]) -> RoutingStats:
+        cfg = self.model.config
+        n, g = cfg.num_experts, cfg.num_groups
+        experts = torch.stack([r.experts for r in routing])  # [L, T, K]
+        layer = torch.arange(len(routing), device=experts.device)[:, None, None]
+        flat = (layer * n + experts)[experts >= 0]
+        expert_tokens = torch.bincount(flat, minlength=len(routing) * n).view(-1, n)
+        groups = torch.stack([r.group for r in routing])  # [L, T]
+        group_tokens: list[list[int]] = []
+        entropy: list[float] = []
+        if cfg.router == "attention":
+            flat_g = (layer[:, :, 0] * g + groups).reshape(-1)
+            group_tokens = torch.bincount(flat_g, minlength=len(routing) * g).view(-1, g).tolist()
+            entropy = torch.stack([r.entropy for r in routing]).float().reshape(-1).tolist()
+        return RoutingStats(
+            expert_tokens=expert_tokens.tolist(),
+            group_tokens=group_tokens,
+            k=torch.stack([r.k for r in routing]).reshape(-1).tolist(),
+            entropy=entropy,
+        )
+
+
+def _decisions(routing: list[LayerRouting], token: int) -> list[LayerDecision]:
+    """Every layer's routing of flat token `token`, as plain Python values."""
+    out = []
+    for index, r in enumerate(routing):
+        k = int(r.k[token])
+        out.append(
+            LayerDecision(
+                layer=index,
+                group=int(r.group[token]),
+                experts=r.experts[token, :k].tolist(),
+                scores=r.scores[token, :k].tolist(),
+                k=k,
+                entropy=float(r.entropy[token]),
+            )
+        )
+    return out

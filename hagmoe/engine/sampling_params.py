@@ -1,0 +1,108 @@
+"""Per-request generation parameters, validated with errors that name the field and the limit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hagmoe.engine.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+MAX_STOP_SEQUENCES = 16
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How one request samples and when it stops (names as in vLLM / TGI)."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0  # CTRL-style, on prompt and output tokens; 1 = off
+    frequency_penalty: float = 0.0  # OpenAI-style, on output tokens
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; n: the chosen token's logprob and n alternatives
+    return_routing: bool = False
+    skip_special_tokens: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self, vocab_size: int | None = None) -> SamplingParams:
+        """Raise InvalidRequestError for the first field outside its limit; return self."""
+        _require(
+            self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"
+        )
+        _require(
+            0 <= self.min_new_tokens <= self.max_new_tokens,
+            "min_new_tokens",
+            f"must lie in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}",
+        )
+        _require(
+            _finite(self.temperature) and self.temperature >= 0,
+            "temperature",
+            f"must be >= 0 (0 = greedy), got {self.temperature}",
+        )
+        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        _require(
+            _finite(self.top_p) and 0 < self.top_p <= 1,
+            "top_p",
+            f"must lie in (0, 1], got {self.top_p}",
+        )
+        _require(
+            _finite(self.typical_p) and 0 < self.typical_p <= 1,
+            "typical_p",
+            f"must lie in (0, 1], got {self.typical_p}",
+        )
+        _require(
+            _finite(self.repetition_penalty) and self.repetition_penalty > 0,
+            "repetition_penalty",
+            f"must be > 0 (1 = off), got {self.repetition_penalty}",
+        )
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            _require(_finite(value) and -2 <= value <= 2, name, f"must lie in [-2, 2], got {value}")
+        _require(
+            self.seed is None or 0 <= self.seed < 2**63,
+            "seed",
+            f"must lie in [0, 2**63), got {self.seed}",
+        )
+        _require(
+            len(self.stop) <= MAX_STOP_SEQUENCES,
+            "stop",
+            f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(self.stop)}",
+        )
+        _require(
+            all(isinstance(s, str) and s for s in self.stop),
+            "stop",
+            "stop sequences must be non-empty strings",
+        )
+        for token in self.stop_token_ids:
+            _require(
+                token >= 0 and (vocab_size is None or token < vocab_size),
+                "stop_token_ids",
+                f"token id {token} outside [0, vocab_size={vocab_size})",
+            )
+        _require(
+            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
+            f"must lie in [0, {MAX_LOGPROBS}], got {self.logprobs}",
+        )
+        return self
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequestError(field_name, message)

@@ -1,0 +1,211 @@
+"""The token-budget scheduler: running requests first, then waiting ones (FCFS), chunked
+prefill, and recompute preemption of the newest running request when blocks run out."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hagmoe.engine.kv_cache_manager import KVCacheManager
+from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request, RequestStatus
+
+if TYPE_CHECKING:
+    from hagmoe.engine.model_runner import RunnerOutput
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int  # tokens computed this step, from request.num_computed_tokens on
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the request's last token, so a token is sampled."""
+        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    num_preemptions: int = 0
+
+
+class Scheduler:
+    """Moves requests between `waiting` and `running`; the requests hold their own state."""
+
+    def __init__(
+        self,
+        kv_cache: KVCacheManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+    ) -> None:
+        self.kv_cache = kv_cache
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.stats = SchedulerStats()
+
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def finish_request(self, request_id: str, status: RequestStatus) -> Request | None:
+        """End a request (abort, deadline, stop) and free its blocks; None if unknown."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        if request in self.running:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.kv_cache.free(request)
+        request.status = status
+        request.finished_time = time.monotonic()
+        return request
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.requests)
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's requests and token counts within the token budget."""
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._allocate_or_preempt(request, num_new, out):
+                break
+            out.scheduled.append(ScheduledRequest(request, num_new))
+            budget -= num_new
+            index += 1
+        if not out.preempted:
+            self._schedule_waiting(out, budget)
+        return out
+
+    def _allocate_or_preempt(self, request: Request, num_new: int, out: SchedulerOutput) -> bool:
+        """Allocate slots for `request`, preempting the newest running requests as needed."""
+        while self.kv_cache.allocate_slots(request, num_new) is None:
+            victim = self.running.pop()
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        self.kv_cache.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            blocks, num_hit = self.kv_cache.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_hit, budget)
+            if self.kv_cache.allocate_slots(request, num_new, blocks) is None:
+                return
+            self.waiting.popleft()
+            request.num_computed_tokens = num_hit
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_hit
+                request.first_scheduled_time = time.monotonic()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.scheduled.append(ScheduledRequest(request, num_new))
+            budget -= num_new
+
+    def update_from_output(
+        self, sched: SchedulerOutput, result: RunnerOutput
+    ) -> list[RequestOutput]:
+        """Advance computed tokens, append sampled tokens, check stops, finish requests.
+
+        The one place that appends tokens; returns one output per request that sampled."""
+        outputs = []
+        now = time.monotonic()
+        for s in sched.scheduled:
+            request = s.request
+            request.num_computed_tokens += s.num_new_tokens
+            token = result.sampled.get(request.request_id)
+            if token is None:
+                continue
+            request.append_output_token(token)
+            if request.first_token_time is None:
+                request.first_token_time = now
+            logprob = result.logprobs.get(request.request_id)
+            if logprob is not None:
+                request.logprobs.append(logprob)
+            routing = result.routing.get(request.request_id)
+            if routing is not None:
+                request.routing.append(routing)
+            outputs.append(self._advance(request, token, logprob, routing))
+        return outputs
+
+    def _advance(
+        self, request: Request, token: int, logprob: object, routing: object
+    ) -> RequestOutput:
+        text, stop_string = "", None
+        if request.detokenizer is not None:
+            update = request.detokenizer.append(token)
+            text, stop_string = update.text, update.stop
+        status, reason = self._check_stop(request, token, stop_string)
+        if status is not None:
+            self.finish_request(request.request_id, status)
+            request.stop_reason = reason
+            if stop_string is None and request.detokenizer is not None:
+                text += request.detokenizer.flush()
+        return RequestOutput(
+            request_id=request.request_id,
+            new_token_ids=[token],
+            new_text=text,
+            finished=status is not None,
+            finish_reason=status.value if status else None,
+            stop_reason=reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            logprobs=[logprob] if logprob is not None else [],  # type: ignore[list-item]
+            routing=[routing] if routing is not None else [],  # type: ignore[list-item]
+            arrival_time=request.arrival_time,
+            first_scheduled_time=request.first_scheduled_time,
+            first_token_time=request.first_token_time,
+            finished_time=request.finished_time,
+        )
+
+    def _check_stop(
+        self, request: Request, token: int, stop_string: str | None
+    ) -> tuple[RequestStatus | None, str | int | None]:
+        params = request.sampling_params
+        if stop_string is not None:
+            return RequestStatus.FINISHED_STOPPED, stop_string
+        if request.num_output_tokens >= params.min_new_tokens:
+            if token == request.eos_token_id and not params.ignore_eos:
+                return RequestStatus.FINISHED_STOPPED, None
+            if token in params.stop_token_ids:
+                return RequestStatus.FINISHED_STOPPED, token
+        if (
+            request.num_output_tokens >= params.max_new_tokens
+            or request.num_tokens >= self.max_model_len
+        ):
+            return RequestStatus.FINISHED_LENGTH, None
+        return None, None

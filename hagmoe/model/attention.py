@@ -1,0 +1,80 @@
+"""Causal multi-head attention with GQA that also hands its probabilities to the router.
+
+Legend: T flat tokens, B sequences, Q query rows, L key positions, H query heads,
+Hkv key/value heads, hd head dim, d hidden size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hagmoe.model.config import ModelConfig
+from hagmoe.model.context import ForwardContext
+from hagmoe.model.rope import apply_rope, rope_cos_sin
+
+
+@dataclass(slots=True)
+class HeadMix:
+    """Attention rows averaged over the coarse and the fine heads, for one segment."""
+
+    coarse: Tensor  # [B, Q, L] a_c
+    fine: Tensor  # [B, Q, L] a_f
+
+
+class Attention(nn.Module):
+    """q/k/v/o projections; attention probabilities are materialised because routing needs them."""
+
+    def __init__(self, config: ModelConfig, keep_head_mix: bool) -> None:
+        super().__init__()
+        d, hd = config.hidden_size, config.hd
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.kv_heads, hd
+        self.num_coarse = config.coarse_heads
+        self.keep_head_mix = keep_head_mix
+        self.rope_theta = config.rope_theta if config.position == "rope" else None
+        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=config.attn_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
+        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=config.attn_bias)
+
+    def forward(self, a: Tensor, ctx: ForwardContext, layer: int) -> tuple[Tensor, list[HeadMix]]:
+        """a [T, d] (normed) -> o_proj(Attn(a)) [T, d], and each segment's head mix."""
+        t = a.shape[0]
+        q = self.q_proj(a).view(t, self.num_heads, self.head_dim)
+        k = self.k_proj(a).view(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(a).view(t, self.num_kv_heads, self.head_dim)
+        if self.rope_theta is not None:
+            cos, sin = rope_cos_sin(ctx.positions, self.head_dim, self.rope_theta, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv = torch.cat((k.reshape(t, -1), v.reshape(t, -1)), dim=1)  # [T, 2*Hkv*hd]
+        ctx.write(layer, 0, kv)
+        out = a.new_empty(t, self.num_heads * self.head_dim)
+        mixes = []
+        for seg in ctx.segments:
+            keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
+            probs, o = self._attend(seg.take(q), keys, seg.mask)
+            seg.put(out, o)
+            if self.keep_head_mix:
+                mixes.append(
+                    HeadMix(
+                        probs[:, : self.num_coarse].mean(1), probs[:, self.num_coarse :].mean(1)
+                    )
+                )
+        return self.o_proj(out), mixes
+
+    def _attend(self, q: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """q [B, Q, H, hd], keys [B, L, 2*Hkv*hd], mask [B, 1, Q, L] -> probs [B, H, Q, L], out [B, Q, H*hd]."""
+        b, nq, h, hd = q.shape
+        hkv, rep = self.num_kv_heads, h // self.num_kv_heads
+        k, v = keys.view(b, -1, 2, hkv, hd).unbind(2)  # [B, L, Hkv, hd] each
+        qg = q.view(b, nq, hkv, rep, hd).permute(0, 2, 3, 1, 4)  # [B, Hkv, rep, Q, hd]
+        scores = qg @ k.permute(0, 2, 3, 1).unsqueeze(2) / math.sqrt(hd)  # [B, Hkv, rep, Q, L]
+        scores = scores.reshape(b, h, nq, -1).masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)  # [B, H, Q, L]
+        pv = probs.view(b, hkv, rep, nq, -1) @ v.transpose(1, 2).unsqueeze(
+            2
+        )  # [B, Hkv, rep, Q, hd]
+        return probs, pv.permute(0, 3, 1, 2, 4).reshape(b, nq, h * hd)

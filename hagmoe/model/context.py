@@ -1,0 +1,96 @@
+"""The per-step forward context: where a layer's keys, values and routing values come from.
+
+Legend: T flat tokens of the step, B sequences of a segment, Q query rows per sequence,
+L key positions per sequence, W cache values per token (2*Hkv*hd + G + N).
+
+A step's tokens are flat ([T]); attention runs per *segment*, a padded [B, Q] view of the
+queries of B sequences, each seeing key positions 0..L-1 of its own sequence. In dense mode
+(training, reference) the keys are this step's own tokens; in paged mode (serving) each layer
+first writes its new K, V and routing values into the cache at `slot_mapping`, then reads
+positions 0..L-1 back through `key_slots`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from hagmoe.model.routing import LayerRouting
+
+
+@dataclass(slots=True)
+class Segment:
+    """Queries of B sequences padded to Q rows; key position j is visible iff j <= query_pos."""
+
+    query_pos: Tensor  # [B, Q] position of each query row (pad rows: 0)
+    token_index: Tensor | None = (
+        None  # [B, Q] flat token of each row; None: rows are tokens in order
+    )
+    valid: Tensor | None = None  # [B, Q] bool, real rows; None: all rows are real
+    key_slots: Tensor | None = None  # [B, L] cache slot of key position j; None: dense mode
+    mask: Tensor = field(init=False)  # [B, 1, Q, L] bool
+
+    def __post_init__(self) -> None:
+        num_keys = self.query_pos.shape[1] if self.key_slots is None else self.key_slots.shape[1]
+        j = torch.arange(num_keys, device=self.query_pos.device)
+        self.mask = (j[None, None, :] <= self.query_pos[:, :, None]).unsqueeze(1)
+
+    def take(self, x: Tensor) -> Tensor:
+        """Flat rows [T, ...] -> padded [B, Q, ...]."""
+        if self.token_index is None:
+            return x.view(*self.query_pos.shape, *x.shape[1:])
+        return x[self.token_index]
+
+    def put(self, out: Tensor, y: Tensor) -> None:
+        """Write padded rows y [B, Q, ...] back into flat out [T, ...] (real rows only)."""
+        if self.token_index is None:
+            out.copy_(y.reshape(out.shape))
+        elif self.valid is None:
+            out[self.token_index.reshape(-1)] = y.reshape(-1, *y.shape[2:])
+        else:
+            out[self.token_index[self.valid]] = y[self.valid]
+
+
+@dataclass(slots=True)
+class ForwardContext:
+    """Everything one forward pass needs beyond token ids; the model sees nothing else."""
+
+    positions: Tensor  # [T] position of each token inside its sequence
+    segments: list[Segment]
+    kv_caches: list[Tensor] | None = None  # per layer [num_slots, W]; None: dense mode
+    slot_mapping: Tensor | None = None  # [T] cache slot each token writes to
+    return_routing: bool = False  # fill `routing` with each layer's decisions
+    return_aux: bool = False  # also keep logits and divergences for the training objective
+    detach_routing_attention: bool = True  # route with attention probabilities detached
+    k_override: int | None = None  # force K for every token (trainer's K warm-up)
+    routing: list[LayerRouting] = field(default_factory=list)
+
+    @classmethod
+    def dense(
+        cls,
+        batch: int,
+        seq_len: int,
+        device: torch.device | str = "cpu",
+        **options: bool | int | None,
+    ) -> ForwardContext:
+        """Full-sequence causal context for [B, T] tokens (right padding is harmless)."""
+        pos = torch.arange(seq_len, device=device).expand(batch, seq_len)
+        return cls(positions=pos.reshape(-1), segments=[Segment(query_pos=pos)], **options)  # type: ignore[arg-type]
+
+    @property
+    def paged(self) -> bool:
+        return self.kv_caches is not None
+
+    def write(self, layer: int, start: int, values: Tensor) -> None:
+        """Store this step's values [T, w] at columns start..start+w of layer's cache (paged)."""
+        if self.kv_caches is not None:
+            assert self.slot_mapping is not None
+            self.kv_caches[layer][self.slot_mapping, start : start + values.shape[1]] = values
+
+    def read(self, layer: int, seg: Segment, start: int, values: Tensor) -> Tensor:
+        """Per-sequence key-side values [B, L, w]: from the cache (paged) or this step (dense)."""
+        if self.kv_caches is None or seg.key_slots is None:
+            return seg.take(values)
+        return self.kv_caches[layer][seg.key_slots, start : start + values.shape[1]]

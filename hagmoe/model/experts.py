@@ -1,0 +1,45 @@
+"""The experts of one layer, with batched dispatch: tokens grouped by expert, one matmul chain
+per active expert, dynamic K by masking (no loop over tokens).
+
+Legend: T tokens, K max experts per token, P routed (token, expert) pairs, N experts,
+F expert FFN size, d hidden size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hagmoe.model.config import ModelConfig
+
+
+class Experts(nn.Module):
+    """N SwiGLU experts E(x) = w3 (silu(w1 x) * (w2 x)), stored stacked as in MODEL.md."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        n, f, d = config.num_experts, config.ffn_size, config.hidden_size
+        self.w1 = nn.Parameter(torch.empty(n, f, d))  # gate projection
+        self.w2 = nn.Parameter(torch.empty(n, f, d))  # up projection
+        self.w3 = nn.Parameter(torch.empty(n, d, f))  # down projection
+
+    def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
+        """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
+        valid = experts >= 0  # [T, K]
+        token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
+        expert = experts[valid]  # [P]
+        order = torch.argsort(expert, stable=True)
+        token, expert, weight = token[order], expert[order], scores[valid][order]
+        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()
+        out = torch.zeros_like(x)
+        start = 0
+        for e, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = token[start : start + count]
+            xe = x[rows]  # [count, d]
+            h = F.silu(xe @ self.w1[e].T) * (xe @ self.w2[e].T)  # [count, F]
+            out.index_add_(0, rows, (h @ self.w3[e].T) * weight[start : start + count, None])
+            start += count
+        return out

@@ -1,0 +1,93 @@
+"""The HAG-MoE language model: embeddings, decoder layers, final norm and head.
+
+Legend: B sequences, T tokens per sequence (or flat tokens of a step), d hidden size, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from hagmoe.model.config import ModelConfig
+from hagmoe.model.context import ForwardContext
+from hagmoe.model.layer import DecoderLayer
+from hagmoe.model.norms import make_norm
+from hagmoe.model.routing import LayerRouting
+
+
+@dataclass(slots=True)
+class FullOutput:
+    """The full-sequence forward's result."""
+
+    logits: Tensor  # [B, T, V]
+    routing: list[LayerRouting]  # one per layer over the B*T flat tokens (when asked)
+
+
+class HagMoEModel(nn.Module):
+    """Parameter names follow MODEL.md's checkpoint table exactly."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.pos_embed = (
+            nn.Embedding(config.max_position, config.hidden_size)
+            if config.position == "learned"
+            else None
+        )
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.final_norm = make_norm(config)
+        self.lm_head = (
+            None
+            if config.tie_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
+
+    def forward(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor:
+        """Flat token ids [T] of one step -> final hidden states [T, d] (before final_norm)."""
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(ctx.positions)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return x
+
+    def compute_logits(self, hidden: Tensor) -> Tensor:
+        """hidden [..., d] -> logits [..., V]."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return self.final_norm(hidden) @ weight.T
+
+    def forward_full(
+        self,
+        input_ids: Tensor,
+        *,
+        return_routing: bool = False,
+        return_aux: bool = False,
+        detach_routing_attention: bool = True,
+        k_override: int | None = None,
+    ) -> FullOutput:
+        """Full-sequence causal forward of input_ids [B, T] (right-padded rows are fine)."""
+        b, t = input_ids.shape
+        if t > self.config.max_position and self.pos_embed is not None:
+            raise ValueError(f"sequence length {t} exceeds max_position {self.config.max_position}")
+        ctx = ForwardContext.dense(
+            b,
+            t,
+            input_ids.device,
+            return_routing=return_routing,
+            return_aux=return_aux,
+            detach_routing_attention=detach_routing_attention,
+            k_override=k_override,
+        )
+        hidden = self(input_ids.reshape(-1), ctx)
+        return FullOutput(self.compute_logits(hidden).view(b, t, -1), ctx.routing)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype

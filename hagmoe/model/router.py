@@ -1,0 +1,140 @@
+"""Routers: HAG-MoE's attention router (groups, experts, dynamic K) and the linear top-k gate.
+
+Legend: T flat tokens, B sequences, Q query rows, L key positions, d hidden size,
+G groups, M experts per group, N = G*M experts, K max experts per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from hagmoe.model.attention import HeadMix
+from hagmoe.model.config import ModelConfig
+from hagmoe.model.context import ForwardContext
+from hagmoe.model.routing import LayerRouting
+
+
+def top_experts(p: Tensor, k_max: int, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Best k_max entries of p [T, E] (ties -> lower index), masked beyond each token's k [T].
+
+    Returns indices [T, K] (-1 where masked) and scores [T, K] (0 where masked)."""
+    scores, idx = torch.sort(p, dim=-1, descending=True, stable=True)
+    scores, idx = scores[:, :k_max], idx[:, :k_max]
+    keep = torch.arange(k_max, device=p.device)[None, :] < k[:, None]
+    return idx.masked_fill(~keep, -1), scores.masked_fill(~keep, 0.0)
+
+
+class StackedWeight(nn.Module):
+    """A bare weight tensor of any shape, so it is saved as `<name>.weight`."""
+
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(*shape))
+
+
+class AttentionRouter(nn.Module):
+    """Routes with the layer's own attention rows over cached routing values (MODEL.md)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, g, m = config.hidden_size, config.num_groups, config.experts_per_group
+        self.coarse = nn.Linear(d, g, bias=False)
+        self.fine = StackedWeight(g, m, d)  # [G, M, d]
+        self.entropy_mean: Tensor
+        self.register_buffer("entropy_mean", torch.zeros(()))  # mu_H
+        self.kv_width = 2 * config.kv_heads * config.hd
+
+    def routing_values(self, u: Tensor) -> Tensor:
+        """rv [T, G+N] = [W_g u / sqrt(d) ; W_e[g] u for every g]."""
+        d = self.config.hidden_size
+        weight = torch.cat((self.coarse.weight / math.sqrt(d), self.fine.weight.reshape(-1, d)))
+        return u @ weight.T
+
+    def forward(
+        self, u: Tensor, mixes: list[HeadMix], ctx: ForwardContext, layer: int
+    ) -> LayerRouting:
+        """Decide group, experts, scores and K for every token of u [T, d]."""
+        cfg = self.config
+        t, g, m = u.shape[0], cfg.num_groups, cfg.experts_per_group
+        rv = self.routing_values(u)  # [T, G+N]
+        ctx.write(layer, self.kv_width, rv)
+        z_g, z_all = u.new_empty(t, g), u.new_empty(t, g * m)
+        entropy = u.new_empty(t)
+        divergence = u.new_empty(t) if ctx.return_aux else None
+        for seg, mix in zip(ctx.segments, mixes, strict=True):
+            rv_keys = ctx.read(layer, seg, self.kv_width, rv)  # [B, L, G+N]
+            a_c, a_f = mix.coarse, mix.fine  # [B, Q, L]
+            if divergence is not None:
+                seg.put(divergence, (torch.xlogy(a_c, a_c) - torch.xlogy(a_c, a_f)).sum(-1))
+            if ctx.detach_routing_attention:
+                a_c, a_f = a_c.detach(), a_f.detach()
+            seg.put(z_g, a_c @ rv_keys[..., :g])
+            seg.put(z_all, a_f @ rv_keys[..., g:])
+            seg.put(entropy, -torch.xlogy(a_c, a_c).sum(-1).detach())
+        group = z_g.argmax(dim=-1)  # [T]; ties -> lowest index
+        z_e = (
+            z_all.view(t, g, m).gather(1, group[:, None, None].expand(t, 1, m)).squeeze(1)
+        )  # [T, M]
+        p = torch.softmax(z_e, dim=-1)
+        norm_entropy = self._normalised(entropy, ctx.positions)
+        k = self._cardinality(norm_entropy, ctx.k_override)
+        local, scores = top_experts(p, cfg.k_max, k)
+        experts = torch.where(local >= 0, group[:, None] * m + local, local)
+        return LayerRouting(
+            group=group,
+            experts=experts,
+            scores=scores,
+            k=k,
+            entropy=norm_entropy,
+            group_logits=z_g if ctx.return_aux else None,
+            expert_logits=z_e if ctx.return_aux else None,
+            divergence=divergence,
+        )
+
+    @staticmethod
+    def _normalised(entropy: Tensor, positions: Tensor) -> Tensor:
+        """Hn[i] = H[i] / log(i + 1) for i >= 1, Hn[0] = 0 (causal normaliser)."""
+        denom = torch.log((positions + 1).to(entropy.dtype)).clamp_min(1e-30)
+        return torch.where(positions >= 1, entropy / denom, torch.zeros_like(entropy))
+
+    def _cardinality(self, norm_entropy: Tensor, k_override: int | None) -> Tensor:
+        """K[i] = clamp(k_min + floor((k_max - k_min) * sigmoid(alpha (Hn - mu_H))))."""
+        cfg = self.config
+        if k_override is not None:
+            return torch.full_like(norm_entropy, k_override, dtype=torch.long)
+        gate = torch.sigmoid(cfg.entropy_alpha * (norm_entropy - self.entropy_mean))
+        k = cfg.k_min + torch.floor((cfg.k_max - cfg.k_min) * gate).long()
+        return k.clamp(cfg.k_min, cfg.k_max)
+
+
+class LinearRouter(nn.Module):
+    """The standard top-k gate: p = softmax(W_gate u) over all N experts."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+
+    def forward(
+        self, u: Tensor, mixes: list[HeadMix], ctx: ForwardContext, layer: int
+    ) -> LayerRouting:
+        """Top `top_k` experts of softmax(W_gate u), renormalised when normalize_topk."""
+        cfg = self.config
+        logits = self.gate(u)  # [T, N]
+        p = torch.softmax(logits, dim=-1)
+        k = torch.full((u.shape[0],), cfg.top_k, dtype=torch.long, device=u.device)
+        experts, scores = top_experts(p, cfg.top_k, k)
+        if cfg.normalize_topk:
+            scores = scores / scores.sum(-1, keepdim=True)
+        return LayerRouting(
+            group=torch.full_like(k, -1),
+            experts=experts,
+            scores=scores,
+            k=k,
+            entropy=torch.zeros_like(p[:, 0]),
+            expert_logits=logits if ctx.return_aux else None,
+        )

@@ -1,0 +1,1 @@
+"""The hagmoe server: REST and gRPC frontends over the engine's client interface."""
