@@ -52,6 +52,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._validate_sizes()
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
         if self.head_dim is None:
@@ -117,23 +118,7 @@ class ModelConfig:
             self.model_type,
             f"unknown model_type; expected {MODEL_TYPE!r}",
         )
-        for key in (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "ffn_size",
-            "num_groups",
-            "experts_per_group",
-            "max_position",
-        ):
-            value = getattr(self, key)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                key,
-                value,
-                "must be a positive integer",
-            )
+        self._validate_sizes()
         _check(self.router in ROUTERS, "router", self.router, f"must be one of {ROUTERS}")
         _check(self.position in POSITIONS, "position", self.position, f"must be one of {POSITIONS}")
         _check(self.norm in NORMS, "norm", self.norm, f"must be one of {NORMS}")
@@ -186,6 +171,32 @@ class ModelConfig:
                 f"must be null or in [0, vocab_size={self.vocab_size})",
             )
 
+    def _validate_sizes(self) -> None:
+        for key in _POSITIVE_INTS:
+            value = getattr(self, key)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                key,
+                value,
+                "must be a positive integer",
+            )
+        for key in _OPTIONAL_INTS:
+            value = getattr(self, key)
+            _check(
+                value is None or (isinstance(value, int) and not isinstance(value, bool)),
+                key,
+                value,
+                "must be an integer",
+            )
+        for key in ("entropy_alpha", "rope_theta", "norm_eps"):
+            value = getattr(self, key)
+            _check(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                key,
+                value,
+                "must be a number",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """The config.json content: every key, defaults resolved, extra keys kept."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -236,6 +247,30 @@ class ModelConfig:
         data = self.to_dict()
         data.update(changes)
         return ModelConfig.from_dict(data)
+
+
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "ffn_size",
+    "num_groups",
+    "experts_per_group",
+    "max_position",
+    "k_min",
+    "k_max",
+    "top_k",
+)
+_OPTIONAL_INTS = (
+    "num_kv_heads",
+    "head_dim",
+    "num_coarse_heads",
+    "feedback_dim",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
