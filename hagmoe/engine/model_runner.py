@@ -1,7 +1,8 @@
 """Runs the model once per step over the flat batch, against the paged expert-aware cache.
 
 Legend: T flat tokens, S sampled requests, V vocab, L layers, N experts, G groups,
-W cache values per token and layer (2*Hkv*hd + G + N).
+per layer a KV part [num_slots, 2*Hkv*hd] and, for the attention router, an RV part
+[num_slots, G + N] (MODEL.md's expert-aware cache).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    """Owns the model, the per-layer cache tensors [num_slots, W] and the sampler."""
+    """Owns the model, the per-layer cache parts and the sampler."""
 
     def __init__(self, model: HagMoEModel, config: EngineConfig) -> None:
         assert config.num_blocks is not None
@@ -51,10 +52,13 @@ class ModelRunner:
         self.device = model.device
         self.block_size = config.block_size
         num_slots = config.num_blocks * config.block_size
-        width = model.config.cache_values_per_token
+        cfg = model.config
+        widths = [2 * cfg.kv_heads * cfg.hd] + (
+            [cfg.num_routing_values] if cfg.num_routing_values else []
+        )
         self.kv_caches = [
-            torch.zeros(num_slots, width, dtype=model.dtype, device=self.device)
-            for _ in range(model.config.num_layers)
+            [torch.zeros(num_slots, w, dtype=model.dtype, device=self.device) for w in widths]
+            for _ in range(cfg.num_layers)
         ]
         self.sampler = Sampler(seed=config.seed)
 

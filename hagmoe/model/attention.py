@@ -67,6 +67,8 @@ class Attention(nn.Module):
 
     def _attend(self, q: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """q [B, Q, H, hd], keys [B, L, 2*Hkv*hd], mask [B, 1, Q, L] -> probs [B, H, Q, L], out [B, Q, H*hd]."""
+        if q.shape[1] == 1:
+            return self._attend_one(q, keys, mask)
         b, nq, h, hd = q.shape
         hkv, rep = self.num_kv_heads, h // self.num_kv_heads
         k, v = keys.view(b, -1, 2, hkv, hd).unbind(2)  # [B, L, Hkv, hd] each
@@ -78,3 +80,23 @@ class Attention(nn.Module):
             2
         )  # [B, Hkv, rep, Q, hd]
         return probs, pv.permute(0, 3, 1, 2, 4).reshape(b, nq, h * hd)
+
+    def _attend_one(self, q: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode rows (Q = 1): two bmm over the gathered keys as they lie, no transposed copies.
+
+        Each query head is spread over a block-diagonal [H, Hkv*hd] row so one bmm against
+        K [L, Hkv*hd] scores all heads; the output keeps each head's own KV-head block."""
+        b, _, h, hd = q.shape
+        hkv = self.num_kv_heads
+        width = hkv * hd
+        owner = self._kv_head_of(h, q.device)  # [H] kv head of each query head
+        select = torch.nn.functional.one_hot(owner, hkv).to(q.dtype)  # [H, Hkv]
+        spread = (q.view(b, h, 1, hd) * select.view(1, h, hkv, 1)).view(b, h, width)
+        scores = torch.bmm(spread, keys[..., :width].transpose(1, 2)) / math.sqrt(hd)  # [B, H, L]
+        probs = torch.softmax(scores.masked_fill(~mask.view(b, 1, -1), float("-inf")), dim=-1)
+        pv = torch.bmm(probs, keys[..., width:]).view(b, h, hkv, hd)  # [B, H, Hkv, hd]
+        out = pv[:, torch.arange(h, device=q.device), owner]  # [B, H, hd]
+        return probs.unsqueeze(2), out.reshape(b, 1, h * hd)
+
+    def _kv_head_of(self, h: int, device: torch.device) -> Tensor:
+        return torch.arange(h, device=device) // (h // self.num_kv_heads)

@@ -1,13 +1,14 @@
 """The per-step forward context: where a layer's keys, values and routing values come from.
 
 Legend: T flat tokens of the step, B sequences of a segment, Q query rows per sequence,
-L key positions per sequence, W cache values per token (2*Hkv*hd + G + N).
+L key positions per sequence, w values per token of one cache part.
 
 A step's tokens are flat ([T]); attention runs per *segment*, a padded [B, Q] view of the
 queries of B sequences, each seeing key positions 0..L-1 of its own sequence. In dense mode
 (training, reference) the keys are this step's own tokens; in paged mode (serving) each layer
 first writes its new K, V and routing values into the cache at `slot_mapping`, then reads
-positions 0..L-1 back through `key_slots`.
+positions 0..L-1 back through `key_slots`. A layer's cache has two parts: KV (K then V,
+2*Hkv*hd values per token) and, for the attention router, RV (the G + N routing values).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ForwardContext:
 
     positions: Tensor  # [T] position of each token inside its sequence
     segments: list[Segment]
-    kv_caches: list[Tensor] | None = None  # per layer [num_slots, W]; None: dense mode
+    kv_caches: list[list[Tensor]] | None = None  # per layer, per part [num_slots, w]; None: dense
     slot_mapping: Tensor | None = None  # [T] cache slot each token writes to
     return_routing: bool = False  # fill `routing` with each layer's decisions
     return_aux: bool = False  # also keep logits and divergences for the training objective
@@ -83,14 +84,16 @@ class ForwardContext:
     def paged(self) -> bool:
         return self.kv_caches is not None
 
-    def write(self, layer: int, start: int, values: Tensor) -> None:
-        """Store this step's values [T, w] at columns start..start+w of layer's cache (paged)."""
+    def write(self, layer: int, part: int, values: Tensor) -> None:
+        """Store this step's values [T, w] in cache part `part` of `layer` (paged mode only)."""
         if self.kv_caches is not None:
             assert self.slot_mapping is not None
-            self.kv_caches[layer][self.slot_mapping, start : start + values.shape[1]] = values
+            self.kv_caches[layer][part].index_copy_(0, self.slot_mapping, values)
 
-    def read(self, layer: int, seg: Segment, start: int, values: Tensor) -> Tensor:
+    def read(self, layer: int, seg: Segment, part: int, values: Tensor) -> Tensor:
         """Per-sequence key-side values [B, L, w]: from the cache (paged) or this step (dense)."""
         if self.kv_caches is None or seg.key_slots is None:
             return seg.take(values)
-        return self.kv_caches[layer][seg.key_slots, start : start + values.shape[1]]
+        b, length = seg.key_slots.shape
+        rows = self.kv_caches[layer][part].index_select(0, seg.key_slots.view(-1))
+        return rows.view(b, length, -1)

@@ -31,15 +31,21 @@ class Experts(nn.Module):
         expert = experts[valid]  # [P]
         order = torch.argsort(expert, stable=True)
         token, expert, weight = token[order], expert[order], scores[valid][order]
-        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()
-        out = torch.zeros_like(x)
+        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()  # [N]
+        y = self._looped(x, token, counts)
+        return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
+
+    def _looped(self, x: Tensor, token: Tensor, counts: list[int]) -> Tensor:
+        """One matmul chain per active expert over its rows of the sorted pairs -> [P, d]."""
+        out = x.new_empty(token.shape[0], x.shape[1])
         start = 0
         for e, count in enumerate(counts):
-            if count == 0:
-                continue
-            rows = token[start : start + count]
-            xe = x[rows]  # [count, d]
-            h = F.silu(xe @ self.w1[e].T) * (xe @ self.w2[e].T)  # [count, F]
-            out.index_add_(0, rows, (h @ self.w3[e].T) * weight[start : start + count, None])
-            start += count
+            if count:
+                rows = slice(start, start + count)
+                out[rows] = self._ffn(x[token[rows]], self.w1[e], self.w2[e], self.w3[e])
+                start += count
         return out
+
+    @staticmethod
+    def _ffn(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:
+        return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w2), w3)

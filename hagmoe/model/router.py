@@ -27,6 +27,15 @@ def top_experts(p: Tensor, k_max: int, k: Tensor) -> tuple[Tensor, Tensor]:
     return idx.masked_fill(~keep, -1), scores.masked_fill(~keep, 0.0)
 
 
+def _kl_rows(a_c: Tensor, a_f: Tensor) -> Tensor:
+    """KL(a_c || a_f) over the last dim; keys where a_c = 0 (masked) add 0 and pass no NaN back
+    (xlogy's gradient there would be 0 / 0)."""
+    live = a_c > 0
+    one = torch.ones_like(a_c)
+    safe_c, safe_f = torch.where(live, a_c, one), torch.where(live, a_f, one)
+    return (torch.xlogy(a_c, safe_c) - torch.xlogy(a_c, safe_f)).sum(-1)
+
+
 class StackedWeight(nn.Module):
     """A bare weight tensor of any shape, so it is saved as `<name>.weight`."""
 
@@ -46,7 +55,6 @@ class AttentionRouter(nn.Module):
         self.fine = StackedWeight(g, m, d)  # [G, M, d]
         self.entropy_mean: Tensor
         self.register_buffer("entropy_mean", torch.zeros(()))  # mu_H
-        self.kv_width = 2 * config.kv_heads * config.hd
 
     def routing_values(self, u: Tensor) -> Tensor:
         """rv [T, G+N] = [W_g u / sqrt(d) ; W_e[g] u for every g]."""
@@ -61,15 +69,15 @@ class AttentionRouter(nn.Module):
         cfg = self.config
         t, g, m = u.shape[0], cfg.num_groups, cfg.experts_per_group
         rv = self.routing_values(u)  # [T, G+N]
-        ctx.write(layer, self.kv_width, rv)
+        ctx.write(layer, 1, rv)
         z_g, z_all = u.new_empty(t, g), u.new_empty(t, g * m)
         entropy = u.new_empty(t)
         divergence = u.new_empty(t) if ctx.return_aux else None
         for seg, mix in zip(ctx.segments, mixes, strict=True):
-            rv_keys = ctx.read(layer, seg, self.kv_width, rv)  # [B, L, G+N]
+            rv_keys = ctx.read(layer, seg, 1, rv)  # [B, L, G+N]
             a_c, a_f = mix.coarse, mix.fine  # [B, Q, L]
             if divergence is not None:
-                seg.put(divergence, (torch.xlogy(a_c, a_c) - torch.xlogy(a_c, a_f)).sum(-1))
+                seg.put(divergence, _kl_rows(a_c, a_f))
             if ctx.detach_routing_attention:
                 a_c, a_f = a_c.detach(), a_f.detach()
             seg.put(z_g, a_c @ rv_keys[..., :g])

@@ -56,8 +56,9 @@ def test_cache_holds_exactly_k_v_and_routing_values(model: HagMoEModel) -> None:
     cfg = model.config
     engine = EngineCore(model, None, EngineConfig(block_size=4, num_blocks=10))
     per_token = 2 * cfg.kv_heads * cfg.hd + cfg.num_groups + cfg.num_experts
-    for cache in engine.runner.kv_caches:
-        assert cache.shape == (40, per_token)
+    for parts in engine.runner.kv_caches:
+        assert [p.shape[0] for p in parts] == [40, 40]
+        assert sum(p.shape[1] for p in parts) == per_token
     assert len(engine.runner.kv_caches) == cfg.num_layers
     assert engine.config.bytes_per_token(cfg) == cfg.num_layers * per_token * 4
 
