@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
+
+    from hagmoe.training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""The training objective of MODEL.md:
+
+    L = L_lm + lam_g L_group + lam_e L_expert + lam_div L_div + lam_gamma sum_l gamma_l^2 + lam_z L_z
+
+L_group, L_expert, L_div and L_z are averaged over layers; gamma^2 is summed over layers. The
+linear router's layers use the Switch / OLMoE load balance over all N experts in the L_expert slot
+and the z-loss of their gate logits in the L_z slot (no group or divergence terms). Only tokens
+marked valid count (all of them when no mask is given).
+
+Legend: B sequences, T tokens per sequence (flat T = B*T for routing), V vocabulary size,
+G groups, M experts per group, N = G*M experts, K max experts per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hagmoe.model.layer import DecoderLayer
+from hagmoe.model.model import FullOutput, HagMoEModel
+from hagmoe.model.routing import LayerRouting
+
+
+@dataclass(slots=True)
+class LossWeights:
+    """The lam weights in force at one step (after their ramp)."""
+
+    group: float = 0.0
+    expert: float = 0.0
+    div: float = 0.0
+    gamma: float = 0.0
+    z: float = 0.0
+
+
+@dataclass(slots=True)
+class LossTerms:
+    """Each term of the objective (scalars) and the weighted total."""
+
+    total: Tensor
+    lm: Tensor
+    group: Tensor
+    expert: Tensor
+    div: Tensor
+    gamma: Tensor
+    z: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        names = ("total", "lm", "group", "expert", "div", "gamma", "z")
+        return {name: float(getattr(self, name).detach()) for name in names}
+
+
+def lm_loss(logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean next-token cross entropy in nats of logits [B, T, V] against targets [B, T]."""
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1), reduction="none")
+    return _mean(nll, None if valid is None else valid.reshape(-1))
+
+
+def group_balance(group: Tensor, group_logits: Tensor, num_groups: int) -> Tensor:
+    """L_group = G sum_g f_g P_g: f_g the share of tokens whose g* = g (group [T]), P_g the mean
+    of softmax(z_g) (group_logits [T, G]). 1 when balanced, G when all on one sure group."""
+    f = torch.bincount(group, minlength=num_groups).to(group_logits.dtype) / group.numel()  # [G]
+    p = torch.softmax(group_logits, dim=-1).mean(0)  # [G]
+    return num_groups * (f * p).sum()
+
+
+def expert_balance(
+    group: Tensor, experts: Tensor, expert_logits: Tensor, num_groups: int
+) -> Tensor:
+    """L_expert = mean over groups with tokens of M sum_m f_m P_m, inside each group g: f_m the
+    share of the group's (token, expert) assignments going to its expert m (experts [T, K] global
+    ids g*M + m, -1 unused), P_m the mean of softmax(z_e) (expert_logits [T, M]) over the
+    group's tokens (group [T]). Groups without tokens have no distribution and are left out."""
+    m = expert_logits.shape[-1]
+    dtype = expert_logits.dtype
+    counts = torch.bincount(experts[experts >= 0], minlength=num_groups * m)  # [N]
+    counts = counts.view(num_groups, m).to(dtype)  # [G, M]
+    f = counts / counts.sum(1, keepdim=True).clamp_min(1)  # [G, M]
+    member = F.one_hot(group, num_groups).to(dtype)  # [T, G]
+    tokens = member.sum(0)  # [G]
+    p = member.T @ torch.softmax(expert_logits, dim=-1) / tokens.clamp_min(1)[:, None]  # [G, M]
+    per_group = m * (f * p).sum(1)  # [G]
+    return per_group[tokens > 0].mean()
+
+
+def switch_balance(experts: Tensor, gate_logits: Tensor) -> Tensor:
+    """Switch / OLMoE load balance N sum_n f_n P_n over all experts: f_n the share of (token,
+    expert) assignments (experts [T, K], -1 unused) going to n, P_n the mean of softmax(gate
+    logits [T, N]). 1 when balanced, N when all on one sure expert."""
+    n = gate_logits.shape[-1]
+    counts = torch.bincount(experts[experts >= 0], minlength=n).to(gate_logits.dtype)  # [N]
+    f = counts / counts.sum().clamp_min(1)
+    p = torch.softmax(gate_logits, dim=-1).mean(0)  # [N]
+    return n * (f * p).sum()
+
+
+def divergence_loss(divergence: Tensor) -> Tensor:
+    """L_div = -mean_i KL(a_c[i] || a_f[i]) from the per-token divergences [T]."""
+    return -divergence.mean()
+
+
+def z_loss(logits: Tensor) -> Tensor:
+    """mean_i (logsumexp logits[i])^2 of router logits [T, X]."""
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def gamma_penalty(model: HagMoEModel) -> Tensor:
+    """sum over layers of gamma^2 (0 without feedback)."""
+    total = model.embed.weight.new_zeros(())
+    for layer in model.layers:
+        assert isinstance(layer, DecoderLayer)
+        if layer.feedback is not None:
+            total = total + layer.feedback.gamma.square().sum()
+    return total
+
+
+def objective(
+    model: HagMoEModel,
+    output: FullOutput,
+    targets: Tensor,
+    weights: LossWeights,
+    valid: Tensor | None = None,
+) -> LossTerms:
+    """Every term of MODEL.md's objective for one forward (run with return_aux=True) against
+    targets [B, T]; valid [B, T] marks the tokens that count (default: all)."""
+    if not output.routing:
+        raise ValueError("the objective needs the routing of forward_full(..., return_aux=True)")
+    flat = None if valid is None else valid.reshape(-1)  # [B*T]
+    lm = lm_loss(output.logits, targets, valid)
+    per_layer = [_router_terms(r, model.config.num_groups, flat) for r in output.routing]
+    group, expert, div, z = (torch.stack(terms).mean() for terms in zip(*per_layer, strict=True))
+    gamma = gamma_penalty(model)
+    total = (
+        lm
+        + weights.group * group
+        + weights.expert * expert
+        + weights.div * div
+        + weights.gamma * gamma
+        + weights.z * z
+    )
+    return LossTerms(total=total, lm=lm, group=group, expert=expert, div=div, gamma=gamma, z=z)
+
+
+def _router_terms(
+    routing: LayerRouting, num_groups: int, valid: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(L_group, L_expert, L_div, L_z) of one layer over its valid tokens."""
+    r = _select(routing, valid)
+    if r.expert_logits is None:
+        raise ValueError("the objective needs forward_full(..., return_aux=True)")
+    zero = r.expert_logits.new_zeros(())
+    if r.group_logits is None:
+        return zero, switch_balance(r.experts, r.expert_logits), zero, z_loss(r.expert_logits)
+    assert r.divergence is not None
+    return (
+        group_balance(r.group, r.group_logits, num_groups),
+        expert_balance(r.group, r.experts, r.expert_logits, num_groups),
+        divergence_loss(r.divergence),
+        z_loss(r.group_logits) + z_loss(r.expert_logits),
+    )
+
+
+def _select(routing: LayerRouting, valid: Tensor | None) -> LayerRouting:
+    if valid is None:
+        return routing
+
+    def rows(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[valid]
+
+    return LayerRouting(
+        group=routing.group[valid],
+        experts=routing.experts[valid],
+        scores=routing.scores[valid],
+        k=routing.k[valid],
+        entropy=routing.entropy[valid],
+        group_logits=rows(routing.group_logits),
+        expert_logits=rows(routing.expert_logits),
+        divergence=rows(routing.divergence),
+    )
+
+
+def _mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return values.mean()
+    return values[valid].sum() / valid.sum().clamp_min(1)
