@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hagmoe.engine.bench import Workload, bench  # noqa: E402
-from hagmoe.engine.config import EngineConfig  # noqa: E402
-from hagmoe.engine.engine_core import EngineCore  # noqa: E402
-from hagmoe.engine.sampling_params import SamplingParams  # noqa: E402
-from hagmoe.model import named_config, random_model  # noqa: E402
+from hagmoe.engine.bench import Workload, bench
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.model import named_config, random_model
 
 
 def exactness(router: str, position: str) -> float:
