@@ -32,19 +32,15 @@ class Experts(nn.Module):
         order = torch.argsort(expert, stable=True)
         token, expert, weight = token[order], expert[order], scores[valid][order]
         counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()  # [N]
-        y = self._looped(x, token, counts)
+        rows = x[token].split(counts)  # per expert [count, d], sorted pairs
+        y = torch.cat(
+            [
+                self._ffn(r, self.w1[e], self.w2[e], self.w3[e])
+                for e, r in enumerate(rows)
+                if r.shape[0]
+            ]
+        )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
-
-    def _looped(self, x: Tensor, token: Tensor, counts: list[int]) -> Tensor:
-        """One matmul chain per active expert over its rows of the sorted pairs -> [P, d]."""
-        out = x.new_empty(token.shape[0], x.shape[1])
-        start = 0
-        for e, count in enumerate(counts):
-            if count:
-                rows = slice(start, start + count)
-                out[rows] = self._ffn(x[token[rows]], self.w1[e], self.w2[e], self.w3[e])
-                start += count
-        return out
 
     @staticmethod
     def _ffn(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:
