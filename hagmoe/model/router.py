@@ -29,10 +29,12 @@ def top_experts(p: Tensor, k_max: int, k: Tensor) -> tuple[Tensor, Tensor]:
 
 def _kl_rows(a_c: Tensor, a_f: Tensor) -> Tensor:
     """KL(a_c || a_f) over the last dim; keys where a_c = 0 (masked) add 0 and pass no NaN back
-    (xlogy's gradient there would be 0 / 0)."""
+    (xlogy's gradient there would be 0 / 0), and an a_f that underflowed to 0 counts as the
+    dtype's smallest normal number, so the KL and its gradient stay finite."""
     live = a_c > 0
     one = torch.ones_like(a_c)
-    safe_c, safe_f = torch.where(live, a_c, one), torch.where(live, a_f, one)
+    floor = torch.finfo(a_f.dtype).tiny
+    safe_c, safe_f = torch.where(live, a_c, one), torch.where(live, a_f.clamp_min(floor), one)
     return (torch.xlogy(a_c, safe_c) - torch.xlogy(a_c, safe_f)).sum(-1)
 
 

@@ -73,6 +73,7 @@ class ObjectiveConfig:
     lam_gamma: float = 0.001
     lam_z: float = 0.001
     ramp_steps: int = 500
+    div_cap: float = 1.0  # nats; caps each token's KL in L_div (see objective.divergence_loss)
 
 
 @dataclass(slots=True)

@@ -13,6 +13,8 @@ G groups, M experts per group, N = G*M experts, K max experts per token.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,7 @@ class LossWeights:
     div: float = 0.0
     gamma: float = 0.0
     z: float = 0.0
+    div_cap: float = math.inf  # nats: per-token KL beyond this earns nothing
 
 
 @dataclass(slots=True)
@@ -96,9 +99,12 @@ def switch_balance(experts: Tensor, gate_logits: Tensor) -> Tensor:
     return n * (f * p).sum()
 
 
-def divergence_loss(divergence: Tensor) -> Tensor:
-    """L_div = -mean_i KL(a_c[i] || a_f[i]) from the per-token divergences [T]."""
-    return -divergence.mean()
+def divergence_loss(divergence: Tensor, cap: float = math.inf) -> Tensor:
+    """L_div = -mean_i min(KL(a_c[i] || a_f[i]), cap) from the per-token divergences [T].
+
+    MODEL.md's term is uncapped; uncapped, the fine heads learn to put ~0 mass where the coarse
+    heads look and the loss runs to -inf (our first bundled run did at step 170)."""
+    return -divergence.clamp(max=cap).mean()
 
 
 def z_loss(logits: Tensor) -> Tensor:
@@ -129,7 +135,9 @@ def objective(
         raise ValueError("the objective needs the routing of forward_full(..., return_aux=True)")
     flat = None if valid is None else valid.reshape(-1)  # [B*T]
     lm = lm_loss(output.logits, targets, valid)
-    per_layer = [_router_terms(r, model.config.num_groups, flat) for r in output.routing]
+    per_layer = [
+        _router_terms(r, model.config.num_groups, flat, weights.div_cap) for r in output.routing
+    ]
     group, expert, div, z = (torch.stack(terms).mean() for terms in zip(*per_layer, strict=True))
     gamma = gamma_penalty(model)
     total = (
@@ -144,7 +152,7 @@ def objective(
 
 
 def _router_terms(
-    routing: LayerRouting, num_groups: int, valid: Tensor | None
+    routing: LayerRouting, num_groups: int, valid: Tensor | None, div_cap: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(L_group, L_expert, L_div, L_z) of one layer over its valid tokens."""
     r = _select(routing, valid)
@@ -157,7 +165,7 @@ def _router_terms(
     return (
         group_balance(r.group, r.group_logits, num_groups),
         expert_balance(r.group, r.experts, r.expert_logits, num_groups),
-        divergence_loss(r.divergence),
+        divergence_loss(r.divergence, div_cap),
         z_loss(r.group_logits) + z_loss(r.expert_logits),
     )
 

@@ -43,6 +43,7 @@ def loss_weights(step: int, objective: ObjectiveConfig) -> LossWeights:
         div=r * objective.lam_div,
         gamma=r * objective.lam_gamma,
         z=r * objective.lam_z,
+        div_cap=objective.div_cap,
     )
 
 

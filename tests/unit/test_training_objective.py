@@ -90,6 +90,14 @@ def test_divergence_loss_is_minus_the_mean_kl() -> None:
     assert divergence_loss(torch.tensor([0.0, 0.2, 0.4])).item() == pytest.approx(-0.2)
 
 
+def test_divergence_loss_caps_each_token() -> None:
+    kl = torch.tensor([0.5, 3.0, 50.0], requires_grad=True)
+    loss = divergence_loss(kl, cap=1.0)
+    assert loss.item() == pytest.approx(-(0.5 + 1.0 + 1.0) / 3)
+    loss.backward()
+    assert kl.grad is not None and kl.grad.tolist() == pytest.approx([-1 / 3, 0.0, 0.0])
+
+
 def test_model_divergence_is_zero_when_coarse_and_fine_heads_agree() -> None:
     cfg = named_config("tiny", **TINY)
     model = random_model(cfg, seed=3)
