@@ -14,7 +14,6 @@ G groups, M experts per group, N = G*M experts, K max experts per token.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
