@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit clean
+.PHONY: install serve test lint typecheck unit clean proto
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ unit: install
 	$(PY) -m pytest tests
 
 test: lint typecheck unit
+
+# Regenerate server/_generated/ from proto/ (a unit test checks they agree).
+proto: install
+	$(PY) -m server.proto_gen
 
 clean:
 	rm -rf $(VENV) build *.egg-info

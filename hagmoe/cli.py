@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
 
+    from server.cli import add_serve_parser
+
+    add_serve_parser(sub)
+
     from hagmoe.training.cli import add_train_parser
 
     add_train_parser(sub)

@@ -135,7 +135,7 @@ class AsyncEngine:
                 outputs = self.core.abort_expired() + self.core.step()
                 self.last_step_time = time.monotonic()
                 self._deliver(outputs)
-                if self.step_listener is not None and self.core.last_stats.num_batched_tokens:
+                if self.step_listener is not None:
                     self.step_listener(self.core.last_stats, outputs)
         except Exception as exc:  # the loop must never die silently
             logger.exception("engine loop failed")

@@ -25,6 +25,7 @@ class ModelInfo:
     num_layers: int
     num_experts: int
     num_groups: int
+    max_experts_per_token: int  # k_max (attention router) or top_k (linear)
     max_model_len: int
     block_size: int
     num_blocks: int
@@ -46,6 +47,7 @@ class ModelInfo:
             num_layers=cfg.num_layers,
             num_experts=cfg.num_experts,
             num_groups=cfg.num_groups,
+            max_experts_per_token=cfg.max_experts_per_token,
             max_model_len=eng.max_model_len,
             block_size=eng.block_size,
             num_blocks=eng.num_blocks,

@@ -28,6 +28,8 @@ class StepStats:
     num_running: int = 0
     num_waiting: int = 0
     num_preempted: int = 0
+    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache this step
+    prefix_cache_hits: int = 0  # of which found
     kv_cache_usage: float = 0.0
     duration: float = 0.0
     routing: RoutingStats | None = None
@@ -54,6 +56,7 @@ class EngineCore:
         )
         self.runner = ModelRunner(model, self.config)
         self.last_stats = StepStats()
+        self._prefix_seen = (0, 0)
         self.last_logits: dict[str, Tensor] = {}
 
     @property
@@ -128,7 +131,10 @@ class EngineCore:
             for r in self.scheduler.requests.values()
             if r.deadline is not None and r.deadline <= now
         ]
-        return [o for rid in expired if (o := self.abort_request(rid)) is not None]
+        outputs = [o for rid in expired if (o := self.abort_request(rid)) is not None]
+        for out in outputs:
+            out.stop_reason = "deadline"
+        return outputs
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
@@ -152,11 +158,16 @@ class EngineCore:
     def _stats(
         self, tokens: int, sched_preempted: int, start: float, routing: RoutingStats | None = None
     ) -> StepStats:
+        prefix = self.kv_cache.stats
+        seen_queries, seen_hits = self._prefix_seen
+        self._prefix_seen = (prefix.queries, prefix.hits)
         return StepStats(
             num_batched_tokens=tokens,
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
             num_preempted=sched_preempted,
+            prefix_cache_queries=prefix.queries - seen_queries,
+            prefix_cache_hits=prefix.hits - seen_hits,
             kv_cache_usage=self.kv_cache.usage,
             duration=time.perf_counter() - start,
             routing=routing,

@@ -59,8 +59,15 @@ def load_engine(
         from hagmoe.model.checkpoint import load_model
 
         folder = Path(model)
-        tokenizer = tokenizer or Tokenizer.load(folder)
         model = load_model(folder, device=config.device, dtype=config.torch_dtype)
+        cfg = model.config
+        tokenizer = tokenizer or Tokenizer.load(
+            folder,
+            vocab_size=cfg.vocab_size,
+            bos_token_id=cfg.bos_token_id,
+            eos_token_id=cfg.eos_token_id,
+            pad_token_id=cfg.pad_token_id,
+        )
     return EngineCore(model.eval(), tokenizer, config)
 
 

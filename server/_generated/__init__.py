@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf code (see server/proto_gen.py); never edit by hand."""

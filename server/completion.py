@@ -1,0 +1,64 @@
+"""A generation as the frontends see it: tokens with their text, logprobs and routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hagmoe.engine.outputs import LayerDecision, RequestOutput
+from hagmoe.engine.request import TokenLogprob
+
+Finish = Literal["length", "eos_token", "stop_sequence"]
+
+
+@dataclass(slots=True)
+class GeneratedToken:
+    id: int
+    text: str
+    logprob: TokenLogprob | None
+    routing: list[LayerDecision] | None
+
+
+def tokens_of(out: RequestOutput) -> list[GeneratedToken]:
+    """The step's tokens; the step's text goes to its last token (the others add none)."""
+    n = len(out.new_token_ids)
+    return [
+        GeneratedToken(
+            id=token,
+            text=out.new_text if i == n - 1 else "",
+            logprob=out.logprobs[i] if i < len(out.logprobs) else None,
+            routing=out.routing[i] if i < len(out.routing) else None,
+        )
+        for i, token in enumerate(out.new_token_ids)
+    ]
+
+
+def finish_of(out: RequestOutput) -> tuple[Finish, str | None]:
+    """TGI's finish reason of a finished output, and the stop string that ended it."""
+    assert out.finished and out.finish_reason != "abort"
+    if out.finish_reason == "length":
+        return "length", None
+    if isinstance(out.stop_reason, str):
+        return "stop_sequence", out.stop_reason
+    return "eos_token", None
+
+
+@dataclass(slots=True)
+class Completion:
+    """Everything a request generated, accumulated from its outputs."""
+
+    request_id: str
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    tokens: list[GeneratedToken] = field(default_factory=list)
+    text: str = ""
+    finish: Finish | None = None
+    stop_sequence: str | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.tokens += tokens_of(out)
+        self.text += out.new_text
+        self.num_prompt_tokens = out.num_prompt_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+        if out.finished:
+            self.finish, self.stop_sequence = finish_of(out)

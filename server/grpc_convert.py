@@ -1,0 +1,136 @@
+"""hagmoe.v1 protobuf messages <-> the engine's parameters and outputs."""
+
+from __future__ import annotations
+
+from hagmoe.engine.client import ModelInfo
+from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.sampling_params import SamplingParams
+from server._generated import generation_pb2 as pb
+from server.completion import Completion, Finish, GeneratedToken, finish_of, tokens_of
+from server.errors import InvalidInput
+from server.limits import Limits
+from server.token_view import TokenView
+
+DEFAULT_MAX_NEW_TOKENS = 64
+FINISH = {
+    "length": pb.FINISH_REASON_LENGTH,
+    "eos_token": pb.FINISH_REASON_EOS_TOKEN,
+    "stop_sequence": pb.FINISH_REASON_STOP_SEQUENCE,
+}
+
+
+def sampling_params(p: pb.SamplingParameters, num_input: int, limits: Limits) -> SamplingParams:
+    """Unset optional fields take the documented defaults (greedy, 64 tokens at most)."""
+    max_new = p.max_new_tokens if p.HasField("max_new_tokens") else None
+    if max_new is None:
+        max_new = min(DEFAULT_MAX_NEW_TOKENS, limits.room(num_input))
+    logprobs = p.top_logprobs if p.top_logprobs else (0 if p.logprobs else None)
+    return SamplingParams(
+        max_new_tokens=max_new,
+        min_new_tokens=p.min_new_tokens,
+        temperature=p.temperature if p.HasField("temperature") else 0.0,
+        top_k=p.top_k,
+        top_p=p.top_p if p.HasField("top_p") else 1.0,
+        typical_p=p.typical_p if p.HasField("typical_p") else 1.0,
+        repetition_penalty=p.repetition_penalty if p.HasField("repetition_penalty") else 1.0,
+        frequency_penalty=p.frequency_penalty,
+        presence_penalty=p.presence_penalty,
+        seed=p.seed if p.HasField("seed") else None,
+        stop=list(p.stop),
+        stop_token_ids=list(p.stop_token_ids),
+        ignore_eos=p.ignore_eos,
+        logprobs=logprobs,
+        return_routing=p.return_routing,
+    )
+
+
+def prompt_source(request: pb.GenerateRequest) -> str | list[int]:
+    which = request.WhichOneof("prompt")
+    if which == "text":
+        return request.text
+    if which == "token_ids":
+        return list(request.token_ids.ids)
+    raise InvalidInput("prompt: set text or token_ids", "prompt")
+
+
+def token(view: TokenView, t: GeneratedToken) -> pb.Token:
+    message = pb.Token(id=t.id, text=t.text, special=view.special(t.id))
+    if t.logprob is not None:
+        message.logprob = t.logprob.logprob
+        message.top_logprobs.extend(
+            pb.TopLogprob(id=i, text=view.piece(i), logprob=lp) for i, lp in t.logprob.top.items()
+        )
+    for d in t.routing or []:
+        message.routing.append(
+            pb.LayerRouting(
+                layer=d.layer,
+                group=d.group,
+                experts=d.experts,
+                scores=d.scores,
+                k=d.k,
+                entropy=d.entropy,
+            )
+        )
+    return message
+
+
+def usage(prompt: int, completion: int, cached: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+
+
+def response(view: TokenView, done: Completion) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        request_id=done.request_id,
+        text=done.text,
+        tokens=[token(view, t) for t in done.tokens],
+        finish_reason=_finish(done.finish),
+        stop_sequence=done.stop_sequence or "",
+        usage=usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens),
+    )
+
+
+def stream_message(
+    view: TokenView, out: RequestOutput, request_id: str
+) -> pb.GenerateStreamResponse:
+    message = pb.GenerateStreamResponse(
+        request_id=request_id,
+        text=out.new_text,
+        tokens=[token(view, t) for t in tokens_of(out)],
+        finished=out.finished,
+    )
+    if out.finished:
+        reason, stop = finish_of(out)
+        message.finish_reason = FINISH[reason]
+        message.stop_sequence = stop or ""
+        message.usage.CopyFrom(
+            usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens)
+        )
+    return message
+
+
+def _finish(reason: Finish | None) -> pb.FinishReason:
+    return FINISH[reason] if reason is not None else pb.FINISH_REASON_UNSPECIFIED
+
+
+def model_info(
+    info: ModelInfo, limits: Limits, max_concurrent: int, max_queue: int
+) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        model_id=info.model_id,
+        model_type=info.model_type,
+        router=info.router,
+        vocab_size=info.vocab_size,
+        num_layers=info.num_layers,
+        num_experts=info.num_experts,
+        num_groups=info.num_groups,
+        max_model_len=info.max_model_len,
+        max_input_tokens=limits.max_input_tokens,
+        max_total_tokens=limits.max_total_tokens,
+        max_concurrent_requests=max_concurrent,
+        max_queue=max_queue,
+        block_size=info.block_size,
+        num_blocks=info.num_blocks,
+        kv_cache_bytes_per_token=info.kv_cache_bytes_per_token,
+        device=info.device,
+        dtype=info.dtype,
+    )

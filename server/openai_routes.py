@@ -1,0 +1,275 @@
+"""OpenAI-compatible routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server import request_context
+from server.completion import Finish, GeneratedToken, finish_of, tokens_of
+from server.context import ServerContext
+from server.errors import (
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    ServiceError,
+    sse_error_event,
+)
+from server.openai_schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    OpenAIError,
+    SamplingFields,
+)
+from server.params import chat_sampling, completion_prompt, completion_sampling
+from server.service import GenerationCall, GenerationStream
+from server.sse import EventStream, sse_event, until_disconnect
+from server.token_view import routing_json
+
+logger = logging.getLogger("hagmoe.server")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIError, "description": why}
+    for code, why in (
+        (400, "Invalid request (the message names the field and the limit)"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model"),
+        (413, "Body too large"),
+        (429, "Overloaded; see Retry-After"),
+        (503, "Not ready or shutting down"),
+        (504, "Deadline (timeout) expired"),
+    )
+}
+
+
+def openai_finish(reason: Finish | None) -> str | None:
+    """OpenAI's finish reason: length, or stop (end-of-sequence or a stop string)."""
+    return None if reason is None else "length" if reason == "length" else "stop"
+
+
+class OpenAIFrontend:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def _check_model(self, body: SamplingFields) -> None:
+        if body.model != self.ctx.info.model_id:
+            raise ModelNotFound(
+                f"the model `{body.model}` does not exist; this server serves "
+                f"`{self.ctx.info.model_id}`",
+                "model",
+            )
+
+    def _usage(self, prompt: int, completion: int, cached: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
+    def _head(self, kind: str, prefix: str) -> dict[str, Any]:
+        rid = request_context.current().request_id
+        return {
+            "id": f"{prefix}-{rid}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.ctx.info.model_id,
+        }
+
+    # ---- /v1/completions ----------------------------------------------------------------------
+    def completion_call(self, body: CompletionRequest) -> tuple[GenerationCall, str]:
+        self._check_model(body)
+        prompt = completion_prompt(body.prompt)
+        ids = self.ctx.encode(prompt) if isinstance(prompt, str) else prompt
+        text = prompt if isinstance(prompt, str) else self.ctx.decode(ids)
+        params = completion_sampling(body, len(ids), self.ctx.limits)
+        rid = request_context.current().request_id
+        return GenerationCall(ids, params, rid, body.timeout), text
+
+    def completion_logprobs(self, tokens: list[GeneratedToken], offset: int) -> dict[str, Any]:
+        view = self.ctx.view
+        result: dict[str, Any] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
+        for t in tokens:
+            result["tokens"].append(view.piece(t.id))
+            result["token_logprobs"].append(t.logprob.logprob if t.logprob else None)
+            top = t.logprob.top if t.logprob else {}
+            result["top_logprobs"].append({view.piece(i): lp for i, lp in top.items()})
+            result["text_offset"].append(offset)
+            offset += len(t.text)
+        return result
+
+    def completion_choice(
+        self, body: CompletionRequest, tokens: list[GeneratedToken], text: str, offset: int
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        if body.logprobs is not None:
+            choice["logprobs"] = self.completion_logprobs(tokens, offset)
+        if body.return_routing:
+            choice["routing"] = [routing_json(t.routing or []) for t in tokens]
+        return choice
+
+    async def completion(self, body: CompletionRequest, request: Request) -> Response:
+        call, prompt_text = self.completion_call(body)
+        if body.stream:
+            stream = await until_disconnect(request, self.ctx.service.open(call))
+            chunks = self._completion_chunks(body, prompt_text, stream)
+            return EventStream(_sse(chunks, body), on_close=stream.close, headers={})
+        done = await until_disconnect(request, self.ctx.service.complete(call))
+        echo = prompt_text if body.echo else ""
+        choice = self.completion_choice(body, done.tokens, echo + done.text, len(echo))
+        choice["finish_reason"] = openai_finish(done.finish)
+        usage = self._usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens)
+        head = self._head("text_completion", "cmpl")
+        return JSONResponse({**head, "choices": [choice], "usage": usage})
+
+    async def _completion_chunks(
+        self, body: CompletionRequest, prompt_text: str, stream: GenerationStream
+    ) -> AsyncIterator[dict[str, Any]]:
+        head = self._head("text_completion", "cmpl")
+        offset = 0
+        if body.echo:
+            yield {**head, "choices": [self.completion_choice(body, [], prompt_text, 0)]}
+            offset = len(prompt_text)
+        async for out in stream:
+            tokens = tokens_of(out)
+            choice = self.completion_choice(body, tokens, out.new_text, offset)
+            offset += len(out.new_text)
+            if out.finished:
+                choice["finish_reason"] = openai_finish(finish_of(out)[0])
+            yield {**head, "choices": [choice]}
+            if out.finished and _include_usage(body):
+                usage = self._usage(
+                    out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
+                )
+                yield {**head, "choices": [], "usage": usage}
+
+    # ---- /v1/chat/completions -----------------------------------------------------------------
+    def chat_call(self, body: ChatCompletionRequest) -> GenerationCall:
+        self._check_model(body)
+        messages = [_message_dict(m.role, m.content) for m in body.messages]
+        prompt = self.ctx.chat.render(messages, body.add_generation_prompt)
+        ids = self.ctx.encode(prompt)
+        params = chat_sampling(body, len(ids), self.ctx.limits)
+        return GenerationCall(ids, params, request_context.current().request_id, body.timeout)
+
+    def _chat_logprobs(self, body: ChatCompletionRequest, tokens: list[GeneratedToken]) -> Any:
+        if not body.logprobs:
+            return None
+        return {"content": [self.ctx.view.chat_logprob(t) for t in tokens if t.logprob]}
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        call = self.chat_call(body)
+        if body.stream:
+            stream = await until_disconnect(request, self.ctx.service.open(call))
+            chunks = self._chat_chunks(body, stream)
+            return EventStream(_sse(chunks, body), on_close=stream.close, headers={})
+        done = await until_disconnect(request, self.ctx.service.complete(call))
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": done.text},
+            "logprobs": self._chat_logprobs(body, done.tokens),
+            "finish_reason": openai_finish(done.finish),
+        }
+        if body.return_routing:
+            choice["routing"] = [routing_json(t.routing or []) for t in done.tokens]
+        usage = self._usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens)
+        head = self._head("chat.completion", "chatcmpl")
+        return JSONResponse({**head, "choices": [choice], "usage": usage})
+
+    async def _chat_chunks(
+        self, body: ChatCompletionRequest, stream: GenerationStream
+    ) -> AsyncIterator[dict[str, Any]]:
+        head = self._head("chat.completion.chunk", "chatcmpl")
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        yield {**head, "choices": [first]}
+        async for out in stream:
+            tokens = tokens_of(out)
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": out.new_text} if out.new_text else {},
+                "logprobs": self._chat_logprobs(body, tokens),
+                "finish_reason": None,
+            }
+            if body.return_routing:
+                choice["routing"] = [routing_json(t.routing or []) for t in tokens]
+            if out.finished:
+                choice["finish_reason"] = openai_finish(finish_of(out)[0])
+            yield {**head, "choices": [choice]}
+            if out.finished and _include_usage(body):
+                usage = self._usage(
+                    out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
+                )
+                yield {**head, "choices": [], "usage": usage}
+
+
+def _include_usage(body: SamplingFields) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+def _message_dict(role: str, content: Any) -> dict[str, Any]:
+    if content is None or isinstance(content, str):
+        return {"role": role, "content": content or ""}
+    texts: list[str] = []
+    for part in content:
+        if part.type != "text":
+            raise InvalidInput(
+                f"messages: content parts of type {part.type!r} are not supported; send text",
+                "messages",
+            )
+        texts.append(part.text or "")
+    return {"role": role, "content": "".join(texts)}
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]], body: SamplingFields) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield sse_event(chunk)
+    except Exception as exc:
+        if not isinstance(exc, ServiceError):
+            logger.exception("stream failed", exc_info=exc)
+            exc = InternalError(f"internal error: {type(exc).__name__}")
+        request_context.set_outcome(exc.outcome)
+        yield sse_error_event(exc, "openai")
+    yield sse_event("[DONE]")
+
+
+def openai_router(ctx: ServerContext) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["OpenAI"])
+    api = OpenAIFrontend(ctx)
+
+    @router.post("/completions", response_model=CompletionResponse, responses=ERRORS)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """Complete a prompt; `stream: true` gives server-sent chunks ending `data: [DONE]`."""
+        return await api.completion(body, request)
+
+    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """Answer a conversation (rendered with the chat template)."""
+        return await api.chat(body, request)
+
+    @router.get("/models", response_model=ModelList, responses=ERRORS)
+    async def models() -> dict[str, Any]:
+        """The served model."""
+        card = {
+            "id": ctx.info.model_id,
+            "object": "model",
+            "created": ctx.created,
+            "owned_by": "hagmoe",
+            "max_model_len": ctx.info.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    return router

@@ -1,0 +1,201 @@
+"""Bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions, /v1/models).
+
+Unknown keys are ignored, as OpenAI-compatible servers do; hagmoe's extensions are marked."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.tgi_schemas import RoutingEntry
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(
+        default=False, description="Send a last chunk with usage before [DONE]."
+    )
+
+
+class SamplingFields(BaseModel):
+    """Fields both OpenAI routes share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="The served model name (see GET /v1/models).")
+    temperature: float | None = Field(
+        default=None, description="Softmax temperature (default 1; 0 = greedy)."
+    )
+    top_p: float | None = Field(default=None, description="Nucleus mass in (0, 1].")
+    n: int = Field(default=1, description="Completions per prompt: only 1 is supported.")
+    stream: bool = Field(default=False, description="Answer with server-sent events ending [DONE].")
+    stream_options: StreamOptions | None = Field(default=None, description="Streaming options.")
+    stop: str | list[str] | None = Field(default=None, description="Stop string(s).")
+    presence_penalty: float | None = Field(default=None, description="In [-2, 2].")
+    frequency_penalty: float | None = Field(default=None, description="In [-2, 2].")
+    seed: int | None = Field(default=None, description="Random seed of this request.")
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Not supported when non-empty."
+    )
+    user: str | None = Field(default=None, description="Ignored.")
+    top_k: int | None = Field(default=None, description="hagmoe: keep the k most likely tokens.")
+    repetition_penalty: float | None = Field(
+        default=None, description="hagmoe: CTRL penalty (1 = off)."
+    )
+    min_tokens: int | None = Field(default=None, description="hagmoe: fewest tokens before EOS.")
+    ignore_eos: bool = Field(
+        default=False, description="hagmoe: keep generating past end-of-sequence."
+    )
+    return_routing: bool = Field(
+        default=False, description="hagmoe: each token's routing per layer."
+    )
+    timeout: float | None = Field(
+        default=None, description="hagmoe: seconds until the request ends (504)."
+    )
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        description="Text or token ids (a list of prompts must hold exactly one)."
+    )
+    max_tokens: int | None = Field(default=16, description="Most tokens to generate (default 16).")
+    echo: bool = Field(default=False, description="Prepend the prompt to the text.")
+    logprobs: int | None = Field(
+        default=None, description="Alternatives per token (0..20) with logprobs."
+    )
+    best_of: int | None = Field(default=None, description="Only 1 is supported.")
+    suffix: str | None = Field(default=None, description="Not supported.")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(description="Only `text` parts are supported.")
+    text: str | None = Field(default=None, description="The text of a text part.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(description="system, user, assistant (or any role the template knows).")
+    content: str | list[ContentPart] | None = Field(default=None, description="Text or text parts.")
+    name: str | None = Field(default=None, description="Ignored.")
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(description="The conversation so far.")
+    max_tokens: int | None = Field(default=None, description="Most tokens (default: all that fit).")
+    max_completion_tokens: int | None = Field(default=None, description="Alias of max_tokens.")
+    logprobs: bool = Field(default=False, description="Return each token's logprob.")
+    top_logprobs: int | None = Field(default=None, description="Alternatives per token (0..20).")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported when non-empty."
+    )
+    response_format: dict[str, Any] | None = Field(default=None, description="Only {type: text}.")
+    add_generation_prompt: bool = Field(
+        default=True, description="hagmoe: end with the assistant's turn."
+    )
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens served from the prefix cache.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    completion_tokens: int = Field(description="Tokens generated.")
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens.")
+    prompt_tokens_details: PromptTokensDetails = Field(description="Prompt token breakdown.")
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(description="Each generated token's string.")
+    token_logprobs: list[float | None] = Field(description="Each token's logprob.")
+    top_logprobs: list[dict[str, float]] | None = Field(description="Alternatives per token.")
+    text_offset: list[int] = Field(description="Each token's offset in the text.")
+
+
+ROUTING_DOC = "hagmoe (return_routing): routing per generated token, per layer."
+
+
+class CompletionChoice(BaseModel):
+    index: int = Field(description="Always 0 (n = 1).")
+    text: str = Field(description="The completion (a chunk's new text when streaming).")
+    logprobs: CompletionLogprobs | None = Field(default=None, description="With `logprobs`.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        description="stop (EOS or stop string), length, or null while streaming."
+    )
+    routing: list[list[RoutingEntry]] | None = Field(default=None, description=ROUTING_DOC)
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(description="cmpl-<request id>.")
+    object: Literal["text_completion"] = Field(default="text_completion", description="Kind.")
+    created: int = Field(description="Unix time of the answer.")
+    model: str = Field(description="The served model name.")
+    choices: list[CompletionChoice] = Field(description="One choice.")
+    usage: Usage | None = Field(default=None, description="Token counts.")
+
+
+class TopLogprob(BaseModel):
+    token: str = Field(description="The token's string.")
+    logprob: float = Field(description="Its log probability.")
+    bytes: list[int] | None = Field(description="UTF-8 bytes of the token string.")
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The most likely alternatives.")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobEntry] | None = Field(description="Per generated token.")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = Field(default="assistant", description="Always assistant.")
+    content: str | None = Field(default=None, description="The answer.")
+
+
+class ChatChoice(BaseModel):
+    index: int = Field(description="Always 0 (n = 1).")
+    message: AssistantMessage = Field(description="The answer (`delta` in stream chunks).")
+    logprobs: ChoiceLogprobs | None = Field(default=None, description="With `logprobs`.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        description="stop (EOS or stop string), length, or null while streaming."
+    )
+    routing: list[list[RoutingEntry]] | None = Field(default=None, description=ROUTING_DOC)
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(description="chatcmpl-<request id>.")
+    object: Literal["chat.completion"] = Field(default="chat.completion", description="Kind.")
+    created: int = Field(description="Unix time of the answer.")
+    model: str = Field(description="The served model name.")
+    choices: list[ChatChoice] = Field(description="One choice.")
+    usage: Usage = Field(description="Token counts.")
+
+
+class ModelCard(BaseModel):
+    id: str = Field(description="The served model name.")
+    object: Literal["model"] = Field(default="model", description="Kind.")
+    created: int = Field(description="Unix time the server started.")
+    owned_by: str = Field(default="hagmoe", description="Always hagmoe.")
+    max_model_len: int = Field(description="Longest prompt + completion in tokens.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = Field(default="list", description="Kind.")
+    data: list[ModelCard] = Field(description="The one served model.")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, with the limit or the value.")
+    type: str = Field(description="invalid_request_error, authentication_error, ...")
+    param: str | None = Field(description="The offending field, when one is.")
+    code: str | None = Field(description="hagmoe's error kind (validation, timeout, ...).")
+
+
+class OpenAIError(BaseModel):
+    """The error shape of the /v1 routes."""
+
+    error: OpenAIErrorDetail = Field(description="The error.")

@@ -1,0 +1,150 @@
+"""The generation service both frontends share: checks, admission, deadline, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import cast
+
+from hagmoe.engine.client import EngineClient
+from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.sampling_params import SamplingParams
+from server.admission import Admission
+from server.completion import Completion
+from server.errors import DeadlineExceeded, Unavailable, to_service_error
+from server.lifecycle import Lifecycle
+from server.limits import Limits
+from server.metrics import Metrics
+
+logger = logging.getLogger("hagmoe.server")
+
+
+@dataclass(slots=True)
+class GenerationCall:
+    """One generation request, whatever protocol brought it."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    request_id: str
+    timeout: float | None = None
+
+
+class GenerationStream:
+    """An admitted request: iterate it once for its outputs; close() frees its slot."""
+
+    def __init__(
+        self, service: GenerationService, call: GenerationCall, deadline: float | None, start: float
+    ) -> None:
+        self.service = service
+        self.call = call
+        self.deadline = deadline
+        self.start = start
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        svc, call = self.service, self.call
+        last: float | None = None
+        try:
+            outputs = cast(
+                AsyncGenerator[RequestOutput, None],
+                svc.engine.generate(call.prompt_ids, call.params, call.request_id, self.deadline),
+            )
+            async with aclosing(outputs):
+                async for out in outputs:
+                    now = time.monotonic()
+                    self._check_abort(out)
+                    self._observe(out, now, last)
+                    if out.new_token_ids:
+                        last = now
+                    yield out
+        except Exception as exc:
+            raise to_service_error(exc) from exc
+        finally:
+            self.close()
+
+    def _check_abort(self, out: RequestOutput) -> None:
+        if out.finish_reason != "abort":
+            return
+        if out.stop_reason == "deadline":
+            waited = time.monotonic() - self.start
+            raise DeadlineExceeded(
+                f"deadline expired after {waited:.2f}s with {out.num_output_tokens} tokens generated"
+            )
+        raise Unavailable("the engine aborted the request (shutting down)")
+
+    def _observe(self, out: RequestOutput, now: float, last: float | None) -> None:
+        m = self.service.metrics
+        n = len(out.new_token_ids)
+        if n:
+            m.generation_tokens.inc(n)
+            if last is None:
+                m.ttft.observe(now - self.start)
+                m.prompt_tokens.inc(out.num_prompt_tokens)
+                if out.first_scheduled_time is not None:
+                    m.queue_time.observe(max(0.0, out.first_scheduled_time - self.start))
+            else:
+                m.itl.observe((now - last) / n)
+        if out.finished:
+            m.request_duration.observe(now - self.start)
+
+    def close(self) -> None:
+        """Free the slot (idempotent); the engine request ends when its iterator closes."""
+        if self._closed:
+            return
+        self._closed = True
+        self.service.admission.release(time.monotonic() - self.start)
+        self.service.lifecycle.leave()
+        self.service.metrics.in_flight.dec()
+
+
+class GenerationService:
+    def __init__(
+        self,
+        engine: EngineClient,
+        limits: Limits,
+        admission: Admission,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.admission = admission
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+
+    def check(self, call: GenerationCall) -> None:
+        """Raise the request's error now (before it queues): draining, limits, parameters."""
+        self.lifecycle.check_accepting()
+        self.limits.check(len(call.prompt_ids), call.params.max_new_tokens)
+        try:
+            self.engine.validate(call.prompt_ids, call.params)
+        except Exception as exc:
+            raise to_service_error(exc) from exc
+
+    async def open(self, call: GenerationCall) -> GenerationStream:
+        """Check, then wait for a slot (until the deadline); the caller must close() the stream."""
+        start = time.monotonic()
+        self.check(call)
+        deadline = self.limits.deadline(call.timeout)
+        self.metrics.server_queue.inc()
+        try:
+            await self.admission.acquire(deadline)
+        finally:
+            self.metrics.server_queue.dec()
+        self.lifecycle.enter()
+        self.metrics.in_flight.inc()
+        return GenerationStream(self, call, deadline, start)
+
+    async def complete(self, call: GenerationCall) -> Completion:
+        """Run a request to the end and return everything it generated."""
+        stream = await self.open(call)
+        completion = Completion(call.request_id)
+        try:
+            async for out in stream:
+                completion.add(out)
+        finally:
+            stream.close()
+        return completion

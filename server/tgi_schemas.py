@@ -1,0 +1,181 @@
+"""Bodies of the TGI-compatible routes (/generate, /generate_stream, /) and the tokenizer routes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RoutingEntry(BaseModel):
+    """One token's routing in one layer."""
+
+    layer: int = Field(description="Layer index.")
+    group: int = Field(description="Chosen expert group (-1 for the linear top-k router).")
+    experts: list[int] = Field(description="Chosen experts, best first.")
+    scores: list[float] = Field(description="Gate scores of the chosen experts.")
+    k: int = Field(description="Experts this token used in this layer (adaptive K).")
+    entropy: float = Field(description="Normalised entropy of the group routing, in [0, 1].")
+
+
+class TgiParameters(BaseModel):
+    """Generation parameters (TGI names; unknown keys are rejected)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(
+        default=None,
+        description="Most tokens to generate (default: min(100, max_total_tokens - input).",
+    )
+    temperature: float | None = Field(
+        default=None, description="Softmax temperature; implies sampling."
+    )
+    top_k: int | None = Field(
+        default=None, description="Keep the k most likely tokens; implies sampling."
+    )
+    top_p: float | None = Field(
+        default=None, description="Nucleus mass in (0, 1]; implies sampling."
+    )
+    typical_p: float | None = Field(
+        default=None, description="Typical mass in (0, 1]; implies sampling."
+    )
+    repetition_penalty: float | None = Field(
+        default=None, description="CTRL penalty (> 0, 1 = off)."
+    )
+    frequency_penalty: float | None = Field(
+        default=None, description="Frequency penalty in [-2, 2]."
+    )
+    seed: int | None = Field(default=None, description="Random seed of this request.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (at most 16).")
+    do_sample: bool = Field(default=False, description="Sample; without it and warpers: greedy.")
+    details: bool = Field(
+        default=False, description="Return finish reason, token ids and logprobs."
+    )
+    decoder_input_details: bool = Field(
+        default=False, description="Prompt logprobs: not supported (rejected when true)."
+    )
+    return_full_text: bool = Field(
+        default=False, description="Prepend the prompt to generated_text."
+    )
+    truncate: int | None = Field(
+        default=None, description="Keep only the last `truncate` prompt tokens."
+    )
+    watermark: bool = Field(default=False, description="Not supported (rejected when true).")
+    top_n_tokens: int | None = Field(
+        default=None, description="Return this many most likely alternatives per token (0..20)."
+    )
+    best_of: int | None = Field(default=None, description="Only 1 is supported.")
+    adapter_id: str | None = Field(default=None, description="Adapters are not supported.")
+    grammar: dict[str, Any] | None = Field(default=None, description="Grammars are not supported.")
+    return_routing: bool = Field(
+        default=False, description="hagmoe: each token's routing per layer (implies details)."
+    )
+    ignore_eos: bool = Field(
+        default=False, description="hagmoe: keep generating past end-of-sequence."
+    )
+    min_new_tokens: int | None = Field(
+        default=None, description="hagmoe: fewest tokens before EOS."
+    )
+    timeout: float | None = Field(
+        default=None, description="hagmoe: seconds until the request is aborted (504)."
+    )
+
+
+class TgiRequest(BaseModel):
+    """A TGI generation request."""
+
+    inputs: str = Field(description="The prompt text.")
+    parameters: TgiParameters = Field(
+        default_factory=TgiParameters, description="Generation parameters."
+    )
+    stream: bool = Field(default=False, description="POST / only: answer with server-sent events.")
+
+
+class TgiToken(BaseModel):
+    """One generated token."""
+
+    id: int = Field(description="Token id.")
+    text: str = Field(description="Text the token added (empty while UTF-8 is incomplete).")
+    logprob: float | None = Field(description="Log probability of the token.")
+    special: bool = Field(description="Whether it is a special token.")
+    routing: list[RoutingEntry] | None = Field(
+        default=None, description="Routing per layer (return_routing)."
+    )
+
+
+class TgiDetails(BaseModel):
+    finish_reason: Literal["length", "eos_token", "stop_sequence"] = Field(
+        description="Why the generation ended."
+    )
+    generated_tokens: int = Field(description="Tokens generated.")
+    seed: int | None = Field(description="The request's seed, if any.")
+    prefill: list[TgiToken] = Field(description="Always empty (no prompt logprobs).")
+    tokens: list[TgiToken] = Field(description="Every generated token.")
+    top_tokens: list[list[TgiToken]] | None = Field(
+        default=None, description="Alternatives per token (top_n_tokens)."
+    )
+    input_length: int = Field(description="Prompt tokens.")
+    cached_tokens: int = Field(description="Prompt tokens served from the prefix cache.")
+
+
+class TgiResponse(BaseModel):
+    generated_text: str = Field(description="The completion (with the prompt if return_full_text).")
+    details: TgiDetails | None = Field(default=None, description="With details or return_routing.")
+
+
+class TgiStreamDetails(BaseModel):
+    finish_reason: Literal["length", "eos_token", "stop_sequence"] = Field(
+        description="Why the generation ended."
+    )
+    generated_tokens: int = Field(description="Tokens generated.")
+    input_length: int = Field(description="Prompt tokens.")
+    seed: int | None = Field(description="The request's seed, if any.")
+
+
+class TgiStreamEvent(BaseModel):
+    """One server-sent event: `data: {...}`; the last one carries generated_text and details."""
+
+    index: int = Field(description="Index of the token in the completion.")
+    token: TgiToken = Field(description="The token.")
+    top_tokens: list[TgiToken] | None = Field(default=None, description="With top_n_tokens.")
+    generated_text: str | None = Field(default=None, description="The whole text (last event).")
+    details: TgiStreamDetails | None = Field(default=None, description="Last event only.")
+
+
+class ErrorBody(BaseModel):
+    """The error shape of the TGI and tokenizer routes."""
+
+    error: str = Field(description="What went wrong, with the limit or the value.")
+    error_type: str = Field(
+        description="validation, unauthorized, payload_too_large, overloaded, unavailable, "
+        "timeout, cancelled or generation."
+    )
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str = Field(description="Text to tokenize.")
+    add_special_tokens: bool = Field(
+        default=False, description="Add the tokenizer's special tokens."
+    )
+
+
+class TokenizeResponse(BaseModel):
+    token_ids: list[int] = Field(description="Token ids.")
+    tokens: list[str] = Field(description="Each token's string.")
+    count: int = Field(description="Number of tokens.")
+    max_input_tokens: int = Field(description="The server's prompt limit.")
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token_ids: list[int] = Field(description="Token ids, each in [0, vocab_size).")
+    skip_special_tokens: bool = Field(
+        default=True, description="Drop special tokens from the text."
+    )
+
+
+class DetokenizeResponse(BaseModel):
+    text: str = Field(description="The decoded text.")
