@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
 
+    from hagmoe.model.hf_import.cli import add_import_parser
+
+    add_import_parser(sub)
+
     from hagmoe.training.cli import add_train_parser
 
     add_train_parser(sub)

@@ -51,15 +51,16 @@ def load_engine(
     tokenizer: Tokenizer | None = None,
     config: EngineConfig | None = None,
 ) -> EngineCore:
-    """An EngineCore over a model folder (or a model object), on the config's device and dtype."""
+    """An EngineCore over a model folder (native, or Hugging Face converted on load) or a model
+    object, on the config's device and dtype."""
     config = config or EngineConfig()
     if isinstance(model, HagMoEModel):
         model = model.to(device=config.device, dtype=config.torch_dtype)
     else:
-        from hagmoe.model.checkpoint import load_model
+        from hagmoe.model.hf_import.convert import load_folder
 
         folder = Path(model)
-        model = load_model(folder, device=config.device, dtype=config.torch_dtype)
+        model = load_folder(folder, device=config.device, dtype=config.torch_dtype)
         cfg = model.config
         tokenizer = tokenizer or Tokenizer.load(
             folder,

@@ -1,5 +1,8 @@
 """Causal multi-head attention with GQA that also hands its probabilities to the router.
 
+Options of imported families: q/k RMSNorm (per head or over the whole projection) and q/k/v
+clipping before rope, rope scaling, a sliding window, and no output-projection bias.
+
 Legend: T flat tokens, B sequences, Q query rows, L key positions, H query heads,
 Hkv key/value heads, hd head dim, d hidden size.
 """
@@ -13,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext
+from hagmoe.model.context import ForwardContext, Segment
 from hagmoe.model.rope import apply_rope, rope_cos_sin
 
 
@@ -35,19 +38,29 @@ class Attention(nn.Module):
         self.num_coarse = config.coarse_heads
         self.keep_head_mix = keep_head_mix
         self.rope_theta = config.rope_theta if config.position == "rope" else None
+        self.rope_scaling = config.rope_scaling
+        self.sliding_window = config.sliding_window
+        self.clip_qkv = config.clip_qkv
+        self.qk_norm_type = config.qk_norm_type
         self.q_proj = nn.Linear(d, self.num_heads * hd, bias=config.attn_bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
-        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=config.attn_bias)
+        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=bool(config.attn_out_bias))
+        if config.qk_norm_type is not None:
+            per_head = config.qk_norm_type == "head"
+            q_size = hd if per_head else self.num_heads * hd
+            k_size = hd if per_head else self.num_kv_heads * hd
+            self.q_norm = nn.RMSNorm(q_size, eps=config.norm_eps)
+            self.k_norm = nn.RMSNorm(k_size, eps=config.norm_eps)
 
     def forward(self, a: Tensor, ctx: ForwardContext, layer: int) -> tuple[Tensor, list[HeadMix]]:
         """a [T, d] (normed) -> o_proj(Attn(a)) [T, d], and each segment's head mix."""
         t = a.shape[0]
-        q = self.q_proj(a).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(a).view(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(a).view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._project(a)
         if self.rope_theta is not None:
-            cos, sin = rope_cos_sin(ctx.positions, self.head_dim, self.rope_theta, q.dtype)
+            cos, sin = rope_cos_sin(
+                ctx.positions, self.head_dim, self.rope_theta, q.dtype, self.rope_scaling
+            )
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         kv = torch.cat((k.reshape(t, -1), v.reshape(t, -1)), dim=1)  # [T, 2*Hkv*hd]
         ctx.write(layer, 0, kv)
@@ -55,7 +68,7 @@ class Attention(nn.Module):
         mixes = []
         for seg in ctx.segments:
             keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
-            probs, o = self._attend(seg.take(q), keys, seg.mask)
+            probs, o = self._attend(seg.take(q), keys, self._mask(seg))
             seg.put(out, o)
             if self.keep_head_mix:
                 mixes.append(
@@ -64,6 +77,28 @@ class Attention(nn.Module):
                     )
                 )
         return self.o_proj(out), mixes
+
+    def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""
+        t, hd = a.shape[0], self.head_dim
+        q, k, v = self.q_proj(a), self.k_proj(a), self.v_proj(a)
+        if self.qk_norm_type == "projection":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.view(t, -1, hd), k.view(t, -1, hd), v.view(t, -1, hd)
+        if self.qk_norm_type == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip_qkv is not None:
+            c = self.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        return q, k, v
+
+    def _mask(self, seg: Segment) -> Tensor:
+        """The segment's causal mask [B, 1, Q, L], narrowed to the last `sliding_window` keys."""
+        if self.sliding_window is None:
+            return seg.mask
+        j = torch.arange(seg.mask.shape[-1], device=seg.mask.device)  # [L]
+        recent = j[None, None, :] > seg.query_pos[:, :, None] - self.sliding_window  # [B, Q, L]
+        return seg.mask & recent.unsqueeze(1)
 
     def _attend(self, q: Tensor, keys: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """q [B, Q, H, hd], keys [B, L, 2*Hkv*hd], mask [B, 1, Q, L] -> probs [B, H, Q, L], out [B, Q, H*hd]."""

@@ -16,6 +16,8 @@ from safetensors.torch import save_file
 
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.errors import CheckpointError
+from hagmoe.model.hf_import import SUPPORTED_MODEL_TYPES, hf_model_type, native_config
+from hagmoe.model.hf_import.detect import read_config_json
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -78,13 +80,16 @@ def save_model(
 
 
 def load_config(folder: str | Path) -> ModelConfig:
-    """The folder's config.json. CheckpointError when the folder or file is missing; ConfigError
-    (from ModelConfig) when its content breaks the contract, e.g. an unknown model_type."""
+    """The folder's config.json; for a Hugging Face folder of a supported family, its converted
+    native config. CheckpointError when the folder or file is missing; ConfigError when its
+    content breaks the contract, e.g. a model_type neither native nor importable."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     if not (folder / CONFIG_FILE).is_file():
         raise CheckpointError(f"checkpoint folder {folder} has no {CONFIG_FILE}")
+    if hf_model_type(folder) is not None:
+        return native_config(read_config_json(folder))
     return ModelConfig.from_file(folder / CONFIG_FILE)
 
 
@@ -97,6 +102,12 @@ def load_model(
     if dtype is not None and not dtype.is_floating_point:
         raise CheckpointError(f"dtype must be a floating dtype, got {dtype}")
     folder = Path(folder)
+    foreign = hf_model_type(folder) if folder.is_dir() else None
+    if foreign in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{folder} is a Hugging Face {foreign} folder: load it with "
+            "hagmoe.model.hf_import.convert.load_folder or convert it with `hagmoe import-hf`"
+        )
     config = load_config(folder)
     with torch.device("meta"):
         model = HagMoEModel(config)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hagmoe.model.errors import ConfigError
+from hagmoe.model.imported_keys import validate_imported_keys
 
 MODEL_TYPE = "hagmoe"
 ROUTERS = ("attention", "linear")
@@ -49,6 +50,14 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # Keys of imported MoE families (MODEL.md rows); the defaults leave HAG-MoE unchanged.
+    attn_out_bias: bool | None = None
+    qk_norm_type: str | None = None
+    clip_qkv: float | None = None
+    sliding_window: int | None = None
+    rope_scaling: dict[str, Any] | None = None
+    shared_expert_size: int = 0
+    shared_expert_gate: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +76,8 @@ class ModelConfig:
             self.num_coarse_heads = self.num_heads // 2
         if self.feedback_dim is None:
             self.feedback_dim = self.hidden_size // 8
+        if self.attn_out_bias is None:
+            self.attn_out_bias = self.attn_bias
         self.validate()
 
     # Derived sizes, named as in MODEL.md's notation.
@@ -170,6 +181,7 @@ class ModelConfig:
                 value,
                 f"must be null or in [0, vocab_size={self.vocab_size})",
             )
+        validate_imported_keys(self)
 
     def _validate_sizes(self) -> None:
         for key in _POSITIVE_INTS:
@@ -270,6 +282,7 @@ _OPTIONAL_INTS = (
     "bos_token_id",
     "eos_token_id",
     "pad_token_id",
+    "sliding_window",
 )
 
 

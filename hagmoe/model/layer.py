@@ -1,4 +1,5 @@
-"""One HAG-MoE decoder layer (pre-norm, causal): attention, routing, experts, feedback."""
+"""One HAG-MoE decoder layer (pre-norm, causal): attention, routing, experts, an optional shared
+expert (imported families), feedback."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hagmoe.model.experts import Experts
 from hagmoe.model.feedback import Feedback
 from hagmoe.model.norms import make_norm
 from hagmoe.model.router import AttentionRouter, LinearRouter
+from hagmoe.model.shared_expert import SharedExpert
 
 
 class DecoderLayer(nn.Module):
@@ -27,6 +29,7 @@ class DecoderLayer(nn.Module):
             AttentionRouter(config) if attention_routed else LinearRouter(config)
         )
         self.experts = Experts(config)
+        self.shared_expert = SharedExpert(config) if config.shared_expert_size > 0 else None
         self.feedback = Feedback(config) if config.feedback > 0 else None
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
@@ -37,6 +40,8 @@ class DecoderLayer(nn.Module):
         if ctx.return_routing or ctx.return_aux:
             ctx.routing.append(routing)
         o = self.experts(u, routing.experts, routing.scores)
+        if self.shared_expert is not None:
+            o = o + self.shared_expert(u)
         if self.feedback is not None:
             o = self.feedback(o, routing.experts, routing.scores)
         return h + o

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from hagmoe.model.rope_scaling import rope_frequencies
+
 
 def rope_cos_sin(
-    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: Tensor,
+    head_dim: int,
+    theta: float,
+    dtype: torch.dtype,
+    scaling: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """cos, sin [T, hd] for positions [T]; angles computed in float32 (float64 for float64)."""
+    """cos, sin [T, hd] for positions [T]; angles computed in float32 (float64 for float64).
+
+    `scaling` is the config's `rope_scaling` (null: plain rope)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    inv_freq = 1.0 / theta ** (
-        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).to(work) / head_dim
-    )
+    inv_freq, attention_factor = rope_frequencies(
+        head_dim, theta, scaling, work, positions.device
+    )  # [hd/2]
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat((angles, angles), dim=-1)  # [T, hd]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

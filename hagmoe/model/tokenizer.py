@@ -19,6 +19,7 @@ from hagmoe.model.errors import TokenizerError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves the chat template
 BYTE_SPECIALS = ("<bos>", "<eos>", "<pad>")
 BYTE_BOS, BYTE_EOS, BYTE_PAD = 256, 257, 258
 
@@ -74,24 +75,27 @@ class Tokenizer:
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
     ) -> Tokenizer:
-        """The folder's tokenizer.json, else byte-level with `vocab_size` (default 259).
+        """The folder's tokenizer.json, else byte-level with `vocab_size` (default 259). With a
+        tokenizer.json, a `vocab_size` above its size (a model's padded embedding) makes the
+        extra ids valid; they decode to nothing.
 
         Given ids override the detected ones (pass the model config's ids). The chat template
-        comes from the folder's tokenizer_config.json "chat_template" when present."""
+        comes from the folder's tokenizer_config.json "chat_template", else its chat_template.jinja."""
         folder = Path(folder)
         if not folder.is_dir():
             raise TokenizerError(f"tokenizer folder {folder} does not exist")
         settings = _read_tokenizer_config(folder / TOKENIZER_CONFIG_FILE)
         overrides = {"bos": bos_token_id, "eos": eos_token_id, "pad": pad_token_id}
-        template = settings.get("chat_template")
-        template = template if isinstance(template, str) else None
+        template = _chat_template(folder, settings)
         if not (folder / TOKENIZER_FILE).is_file():
             return cls.byte_level(
                 vocab_size or BYTE_PAD + 1, chat_template=template, **_ids(overrides)
             )
         hf = _read_hf(folder / TOKENIZER_FILE)
         named = {role: _token_name(settings.get(f"{role}_token")) for role in overrides}
-        return cls.from_hf(hf, chat_template=template, names=named, **_ids(overrides))
+        return cls.from_hf(
+            hf, chat_template=template, names=named, vocab_size=vocab_size, **_ids(overrides)
+        )
 
     @classmethod
     def from_file(
@@ -120,9 +124,11 @@ class Tokenizer:
         pad_token_id: int | None = None,
         chat_template: str | None = None,
         names: dict[str, str | None] | None = None,
+        vocab_size: int | None = None,
     ) -> Tokenizer:
         """Wrap a `tokenizers.Tokenizer`; special ids not given are found from `names` (token
-        strings, e.g. from tokenizer_config.json) or common special token strings."""
+        strings, e.g. from tokenizer_config.json) or common special token strings. `vocab_size`
+        above the tokenizer's size extends the valid ids (decoding to nothing)."""
         given = {"bos": bos_token_id, "eos": eos_token_id, "pad": pad_token_id}
         specials = {
             role: token_id
@@ -130,7 +136,8 @@ class Tokenizer:
             else _find_special(hf, (names or {}).get(role), role)
             for role, token_id in given.items()
         }
-        return cls(hf, hf.get_vocab_size(with_added_tokens=True), specials, chat_template)
+        size = max(hf.get_vocab_size(with_added_tokens=True), vocab_size or 0)
+        return cls(hf, size, specials, chat_template)
 
     @classmethod
     def byte_level(
@@ -263,6 +270,19 @@ def _read_tokenizer_config(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} must hold a JSON object")
     return data
+
+
+def _chat_template(folder: Path, settings: dict[str, Any]) -> str | None:
+    template = settings.get("chat_template")
+    if isinstance(template, str):
+        return template
+    path = folder / CHAT_TEMPLATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise TokenizerError(f"cannot read {path}: {exc}") from exc
 
 
 def _token_name(value: object) -> str | None:
