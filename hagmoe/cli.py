@@ -98,6 +98,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.backend == "onnxruntime":
+        from hagmoe.onnx.cli import generate_onnx
+
+        return generate_onnx(args)
     from hagmoe.engine.llm import LLM
     from hagmoe.engine.sampling_params import SamplingParams
 
@@ -151,8 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="onnxruntime: --model is an export-onnx folder (needs hagmoe[onnx])",
+    )
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
+
+    from hagmoe.onnx.cli import add_export_parser
+
+    add_export_parser(sub)
 
     from server.cli import add_serve_parser
 

@@ -90,8 +90,8 @@ class AttentionRouter(nn.Module):
             z_all.view(t, g, m).gather(1, group[:, None, None].expand(t, 1, m)).squeeze(1)
         )  # [T, M]
         p = torch.softmax(z_e, dim=-1)
-        norm_entropy = self._normalised(entropy, ctx.positions)
-        k = self._cardinality(norm_entropy, ctx.k_override)
+        norm_entropy = self.normalised_entropy(entropy, ctx.positions)
+        k = self.cardinality(norm_entropy, ctx.k_override)
         local, scores = top_experts(p, cfg.k_max, k)
         experts = torch.where(local >= 0, group[:, None] * m + local, local)
         return LayerRouting(
@@ -106,12 +106,12 @@ class AttentionRouter(nn.Module):
         )
 
     @staticmethod
-    def _normalised(entropy: Tensor, positions: Tensor) -> Tensor:
+    def normalised_entropy(entropy: Tensor, positions: Tensor) -> Tensor:
         """Hn[i] = H[i] / log(i + 1) for i >= 1, Hn[0] = 0 (causal normaliser)."""
         denom = torch.log((positions + 1).to(entropy.dtype)).clamp_min(1e-30)
         return torch.where(positions >= 1, entropy / denom, torch.zeros_like(entropy))
 
-    def _cardinality(self, norm_entropy: Tensor, k_override: int | None) -> Tensor:
+    def cardinality(self, norm_entropy: Tensor, k_override: int | None) -> Tensor:
         """K[i] = clamp(k_min + floor((k_max - k_min) * sigmoid(alpha (Hn - mu_H))))."""
         cfg = self.config
         if k_override is not None:
