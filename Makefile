@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit clean proto
+.PHONY: install serve test lint typecheck unit clean proto bench-serving
 
 install: $(STAMP)
 
@@ -20,8 +20,8 @@ serve: install
 	$(VENV)/bin/hagmoe serve
 
 lint: install
-	$(VENV)/bin/ruff check hagmoe server tests
-	$(VENV)/bin/ruff format --check hagmoe server tests
+	$(VENV)/bin/ruff check hagmoe server tests loadtests
+	$(VENV)/bin/ruff format --check hagmoe server tests loadtests
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -30,6 +30,12 @@ unit: install
 	$(PY) -m pytest tests
 
 test: lint typecheck unit
+
+# The serving comparison (docs/loadtests.md): hagmoe serve vs offline engine vs naive vs HF
+# Mixtral; writes docs/results/ and docs/img/. Needs a quiet machine; BENCH_ARGS=--smoke to check.
+BENCH_ARGS ?=
+bench-serving: install
+	$(PY) loadtests/compare.py $(BENCH_ARGS)
 
 # Regenerate server/_generated/ from proto/ (a unit test checks they agree).
 proto: install

@@ -1,0 +1,126 @@
+"""bench_serving over HTTP: one streaming request to /generate_stream (TGI), /v1/completions or
+/v1/chat/completions, timed at every token message of the SSE stream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from loadtests.metrics import RequestOutput, StreamTimer
+from loadtests.prompts import BenchRequest
+
+ROUTES = {
+    "tgi": "/generate_stream",
+    "openai": "/v1/completions",
+    "openai-chat": "/v1/chat/completions",
+}
+
+
+class StreamError(Exception):
+    """The server ended a stream with an error event."""
+
+
+class HttpBackend:
+    """Streams requests to one server with a pooled httpx.AsyncClient."""
+
+    def __init__(
+        self,
+        kind: str,
+        base_url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 600.0,
+        max_connections: int = 256,
+    ) -> None:
+        if kind not in ROUTES:
+            raise ValueError(f"unknown HTTP backend {kind!r}; choose one of {sorted(ROUTES)}")
+        self.kind, self.model = kind, model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
+        self.client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=30.0),
+            limits=limits,
+        )
+
+    async def start(self) -> None:
+        """Learn the served model name from /v1/models when an OpenAI route needs it."""
+        if self.kind != "tgi" and self.model is None:
+            response = await self.client.get("/v1/models")
+            response.raise_for_status()
+            self.model = str(response.json()["data"][0]["id"])
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def body(self, req: BenchRequest) -> dict[str, Any]:
+        if self.kind == "tgi":
+            params = {"max_new_tokens": req.output_len, "ignore_eos": True, "details": True}
+            return {"inputs": req.prompt, "parameters": params}
+        common = {
+            "model": self.model,
+            "max_tokens": req.output_len,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.kind == "openai":
+            return {**common, "prompt": req.prompt}
+        return {**common, "messages": [{"role": "user", "content": req.prompt}]}
+
+    async def send(self, req: BenchRequest) -> RequestOutput:
+        out, timer = RequestOutput(), StreamTimer()
+        try:
+            async with self.client.stream("POST", ROUTES[self.kind], json=self.body(req)) as resp:
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode(errors="replace")[:200]
+                    out.error = f"HTTP {resp.status_code}: {text}"
+                    return out
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[len("data:") :].strip()
+                    if payload == "[DONE]":
+                        break
+                    self.on_event(json.loads(payload), timer, out)
+        except (httpx.HTTPError, StreamError, ValueError, KeyError) as exc:
+            out.error = f"{type(exc).__name__}: {exc}"[:300]
+            return out
+        timer.finish(out)
+        out.success = out.output_len > 0
+        if not out.success:
+            out.error = "stream ended without tokens"
+        return out
+
+    def on_event(self, event: dict[str, Any], timer: StreamTimer, out: RequestOutput) -> None:
+        if "error" in event:
+            raise StreamError(json.dumps(event["error"])[:200])
+        if self.kind == "tgi":
+            self._on_tgi(event, timer, out)
+        else:
+            self._on_openai(event, timer, out)
+
+    @staticmethod
+    def _on_tgi(event: dict[str, Any], timer: StreamTimer, out: RequestOutput) -> None:
+        if "token" not in event:
+            return
+        timer.token()
+        out.output_len += 1
+        details = event.get("details")
+        if details:
+            out.prompt_len = int(details["input_length"])
+            out.output_len = int(details["generated_tokens"])
+
+    @staticmethod
+    def _on_openai(event: dict[str, Any], timer: StreamTimer, out: RequestOutput) -> None:
+        usage = event.get("usage")
+        if usage:
+            out.prompt_len = int(usage["prompt_tokens"])
+            out.output_len = int(usage["completion_tokens"])
+        choices = event.get("choices") or []
+        if choices and "role" not in (choices[0].get("delta") or {}):
+            timer.token()  # one chunk per engine step; the chat role chunk carries no token
