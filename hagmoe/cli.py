@@ -1,4 +1,4 @@
-"""The `hagmoe` command: bench and generate (serve, train and import-hf join as they land)."""
+"""The `hagmoe` command: serve, generate, bench, train, import-hf, export-onnx."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 from hagmoe.engine.config import DTYPES, EngineConfig
+from hagmoe.model.hf_import.cli import add_import_parser
+from hagmoe.onnx.cli import add_export_parser
+from hagmoe.training.cli import add_train_parser
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -164,21 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
 
-    from hagmoe.onnx.cli import add_export_parser
-
-    add_export_parser(sub)
-
+    # The command line is the one place the library reaches the server package.
     from server.cli import add_serve_parser
 
-    add_serve_parser(sub)
-
-    from hagmoe.model.hf_import.cli import add_import_parser
-
-    add_import_parser(sub)
-
-    from hagmoe.training.cli import add_train_parser
-
-    add_train_parser(sub)
+    for add_parser in (add_serve_parser, add_train_parser, add_import_parser, add_export_parser):
+        add_parser(sub)
     return parser
 
 
