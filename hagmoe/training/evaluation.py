@@ -69,3 +69,15 @@ def evaluate(
         tokens=count,
         bytes=nbytes,
     )
+
+
+def unigram_bits_per_byte(
+    train: np.ndarray, val: np.ndarray, token_bytes: np.ndarray, vocab_size: int
+) -> float:
+    """Bits per byte of the validation targets (val[1:], as `evaluate` scores them) under a
+    unigram model of the training tokens with add-one smoothing: the floor a language model
+    of the same tokenizer must beat."""
+    counts = np.bincount(np.asarray(train, dtype=np.int64), minlength=vocab_size) + 1.0  # [V]
+    log2_p = np.log2(counts / counts.sum())  # [V]
+    targets = np.asarray(val, dtype=np.int64)[1:]
+    return float(-log2_p[targets].sum() / np.asarray(token_bytes)[targets].sum())

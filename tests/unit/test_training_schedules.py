@@ -110,3 +110,15 @@ def test_mu_h_skips_linear_router_layers() -> None:
     model = random_model(named_config("tiny", router="linear", **TINY), seed=0)
     routing = [_routing([0.0, 0.5]), _routing([0.0, 0.5])]
     assert update_entropy_means(model, routing, scored_positions(1, 2), 0.99, True) == []
+
+
+def test_unigram_bits_per_byte_on_a_hand_made_case() -> None:
+    import numpy as np
+
+    from hagmoe.training.evaluation import unigram_bits_per_byte
+
+    train = np.array([0, 0, 1])  # add-one counts 3, 2, 1 of 6 over a vocab of 3
+    val = np.array([2, 0, 1])  # targets 0 and 1: -log2(3/6) - log2(2/6) bits
+    token_bytes = np.array([1, 2, 4])
+    expected = (1.0 + np.log2(3.0)) / 3  # over 1 + 2 bytes
+    assert unigram_bits_per_byte(train, val, token_bytes, 3) == pytest.approx(expected)
