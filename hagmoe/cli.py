@@ -101,14 +101,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.backend == "onnxruntime":
-        from hagmoe.onnx.cli import generate_onnx
-
-        return generate_onnx(args)
     from hagmoe.engine.llm import LLM
     from hagmoe.engine.sampling_params import SamplingParams
 
-    llm = LLM(args.model, config=_engine_config(args))
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -116,6 +111,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
     )
+    if args.backend == "onnxruntime":
+        from hagmoe.onnx.cli import generate_onnx
+
+        return generate_onnx(args, params)
+    llm = LLM(args.model, config=_engine_config(args))
     for completion in llm.generate(args.prompt, params):
         print(completion.text)
     return 0

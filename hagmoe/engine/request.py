@@ -89,6 +89,23 @@ class Request:
     def is_finished(self) -> bool:
         return self.status.finished
 
+    def stop_status(
+        self, token: int, stop_string: str | None, max_model_len: int
+    ) -> tuple[RequestStatus | None, str | int | None]:
+        """Whether the just-appended `token` ends the request, and the stop reason: a stop
+        string, then EOS or a stop token (once min_new_tokens are out), then the length limits."""
+        params = self.sampling_params
+        if stop_string is not None:
+            return RequestStatus.FINISHED_STOPPED, stop_string
+        if self.num_output_tokens >= params.min_new_tokens:
+            if token == self.eos_token_id and not params.ignore_eos:
+                return RequestStatus.FINISHED_STOPPED, None
+            if token in params.stop_token_ids:
+                return RequestStatus.FINISHED_STOPPED, token
+        if self.num_output_tokens >= params.max_new_tokens or self.num_tokens >= max_model_len:
+            return RequestStatus.FINISHED_LENGTH, None
+        return None, None
+
     def append_output_token(self, token_id: int) -> None:
         """Add one sampled token (called from Scheduler.update_from_output only)."""
         self.output_token_ids.append(token_id)

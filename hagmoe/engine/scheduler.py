@@ -168,7 +168,7 @@ class Scheduler:
         if request.detokenizer is not None:
             update = request.detokenizer.append(token)
             text, stop_string = update.text, update.stop
-        status, reason = self._check_stop(request, token, stop_string)
+        status, reason = request.stop_status(token, stop_string, self.max_model_len)
         if status is not None:
             self.finish_request(request.request_id, status)
             request.stop_reason = reason
@@ -191,21 +191,3 @@ class Scheduler:
             first_token_time=request.first_token_time,
             finished_time=request.finished_time,
         )
-
-    def _check_stop(
-        self, request: Request, token: int, stop_string: str | None
-    ) -> tuple[RequestStatus | None, str | int | None]:
-        params = request.sampling_params
-        if stop_string is not None:
-            return RequestStatus.FINISHED_STOPPED, stop_string
-        if request.num_output_tokens >= params.min_new_tokens:
-            if token == request.eos_token_id and not params.ignore_eos:
-                return RequestStatus.FINISHED_STOPPED, None
-            if token in params.stop_token_ids:
-                return RequestStatus.FINISHED_STOPPED, token
-        if (
-            request.num_output_tokens >= params.max_new_tokens
-            or request.num_tokens >= self.max_model_len
-        ):
-            return RequestStatus.FINISHED_LENGTH, None
-        return None, None

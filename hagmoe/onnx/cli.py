@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.onnx.exporter import DEFAULT_OPSET
 
 
@@ -30,19 +31,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_onnx(args: argparse.Namespace) -> int:
+def generate_onnx(args: argparse.Namespace, params: SamplingParams) -> int:
     """`hagmoe generate --backend onnxruntime --model ONNX_DIR PROMPT...`: print each completion."""
-    from hagmoe.engine.sampling_params import SamplingParams
     from hagmoe.onnx.generator import OnnxGenerator
 
     generator = OnnxGenerator(args.model, threads=args.threads, seed=args.seed)
-    params = SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-    )
     for completion in generator.generate(args.prompt, params):
         print(completion.text)
     return 0

@@ -20,7 +20,7 @@ import torch
 
 from hagmoe.engine.detokenizer import IncrementalDetokenizer
 from hagmoe.engine.errors import InvalidRequestError
-from hagmoe.engine.request import Request, RequestStatus, TokenLogprob
+from hagmoe.engine.request import Request, TokenLogprob
 from hagmoe.engine.sampler import Sampler
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model.config import ModelConfig
@@ -153,7 +153,7 @@ class OnnxGenerator:
             update = request.detokenizer.append(token)
             done.text += update.text
             stop_string = update.stop
-        status, reason = _check_stop(request, token, stop_string, self.config.max_position)
+        status, reason = request.stop_status(token, stop_string, self.config.max_position)
         if status is None:
             return False
         if stop_string is None and request.detokenizer is not None:
@@ -172,23 +172,6 @@ def _load_tokenizer(folder: str | Path, config: ModelConfig) -> Tokenizer:
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     )
-
-
-def _check_stop(
-    request: Request, token: int, stop_string: str | None, max_len: int
-) -> tuple[RequestStatus | None, str | int | None]:
-    """The engine scheduler's stop rules, in its order."""
-    params = request.sampling_params
-    if stop_string is not None:
-        return RequestStatus.FINISHED_STOPPED, stop_string
-    if request.num_output_tokens >= params.min_new_tokens:
-        if token == request.eos_token_id and not params.ignore_eos:
-            return RequestStatus.FINISHED_STOPPED, None
-        if token in params.stop_token_ids:
-            return RequestStatus.FINISHED_STOPPED, token
-    if request.num_output_tokens >= params.max_new_tokens or request.num_tokens >= max_len:
-        return RequestStatus.FINISHED_LENGTH, None
-    return None, None
 
 
 def _right_pad(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
