@@ -23,5 +23,6 @@ def build_engine(settings: Settings) -> AsyncEngine:
         enable_prefix_caching=settings.enable_prefix_caching,
         device=settings.device,
         dtype=settings.dtype,
+        collect_routing_stats=True,
     )
     return AsyncEngine(load_engine(settings.model, None, config))

@@ -31,7 +31,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int | None = None  # the shared generator of unseeded requests
-    collect_routing_stats: bool = True  # per-step expert / group counts for metrics
+    collect_routing_stats: bool = False  # per-step expert / group counts (the server's metrics)
     keep_logits: bool = False  # keep each step's sampled-position logits (tests, debugging)
 
     @property

@@ -199,3 +199,17 @@ def test_llm_rejects_text_without_tokenizer(model: HagMoEModel) -> None:
     with pytest.raises(ValueError, match="tokenizer"):
         LLM(model).generate(["hi"])
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_routing_stats_count_every_token_expert_pair(model: HagMoEModel) -> None:
+    engine = EngineCore(model, None, EngineConfig(collect_routing_stats=True))
+    engine.add_request("a", list(range(1, 12)), _greedy(3))
+    engine.step()
+    stats = engine.last_stats.routing
+    assert stats is not None and engine.last_stats.num_batched_tokens == 11
+    layers, tokens = model.config.num_layers, 11
+    assert len(stats.k) == layers * tokens and len(stats.entropy) == layers * tokens
+    per_layer_k = [sum(stats.k[i * tokens : (i + 1) * tokens]) for i in range(layers)]
+    assert [sum(row) for row in stats.expert_tokens] == per_layer_k
+    assert [sum(row) for row in stats.group_tokens] == [tokens] * layers
+    assert EngineCore(model, None, EngineConfig()).config.collect_routing_stats is False
