@@ -124,7 +124,7 @@ class Attention(nn.Module):
         b, _, h, hd = q.shape
         hkv = self.num_kv_heads
         width = hkv * hd
-        owner = self._kv_head_of(h, q.device)  # [H] kv head of each query head
+        owner = torch.arange(h, device=q.device) // (h // hkv)  # [H] kv head of each query head
         select = torch.nn.functional.one_hot(owner, hkv).to(q.dtype)  # [H, Hkv]
         spread = (q.view(b, h, 1, hd) * select.view(1, h, hkv, 1)).view(b, h, width)
         scores = torch.bmm(spread, keys[..., :width].transpose(1, 2)) / math.sqrt(hd)  # [B, H, L]
@@ -132,6 +132,3 @@ class Attention(nn.Module):
         pv = torch.bmm(probs, keys[..., width:]).view(b, h, hkv, hd)  # [B, H, Hkv, hd]
         out = pv[:, torch.arange(h, device=q.device), owner]  # [B, H, hd]
         return probs.unsqueeze(2), out.reshape(b, 1, h * hd)
-
-    def _kv_head_of(self, h: int, device: torch.device) -> Tensor:
-        return torch.arange(h, device=device) // (h // self.num_kv_heads)

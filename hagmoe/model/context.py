@@ -80,10 +80,6 @@ class ForwardContext:
         pos = torch.arange(seq_len, device=device).expand(batch, seq_len)
         return cls(positions=pos.reshape(-1), segments=[Segment(query_pos=pos)], **options)  # type: ignore[arg-type]
 
-    @property
-    def paged(self) -> bool:
-        return self.kv_caches is not None
-
     def write(self, layer: int, part: int, values: Tensor) -> None:
         """Store this step's values [T, w] in cache part `part` of `layer` (paged mode only)."""
         if self.kv_caches is not None:
