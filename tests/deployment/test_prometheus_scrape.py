@@ -22,7 +22,7 @@ from deploy_support import (
     grafana_to_promql,
     tool,
 )
-from live_server import ServerProcess, free_port
+from live_server import ServerProcess, free_port, wait_until_ready
 
 START_TIMEOUT = 30.0
 SCRAPE = "1s"
@@ -51,17 +51,7 @@ class PrometheusProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {START_TIMEOUT}s:\n{self.log()}")
+        wait_until_ready(self.proc, self.url + "/-/ready", "prometheus", self.log, START_TIMEOUT)
 
     def log(self) -> str:
         self._log.flush()

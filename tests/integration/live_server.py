@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,25 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes], url: str, name: str, log: Callable[[], str], timeout: float
+) -> None:
+    """Poll `url` until it answers 200; raise with the process log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready after {timeout}s:\n{log()}")
+
+
 KEYS = ("key-one", "key-from-file")
 
 
@@ -58,17 +77,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {START_TIMEOUT}s:\n{self.log()}")
+        wait_until_ready(self.proc, self.url + "/ready", "server", self.log, START_TIMEOUT)
 
     def log(self) -> str:
         self._log.flush()
