@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from hagmoe.engine.outputs import RequestOutput
 from server import request_context
 from server.completion import Finish, GeneratedToken, finish_of, tokens_of
 from server.context import ServerContext
@@ -74,6 +75,11 @@ class OpenAIFrontend:
             "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": cached},
         }
+
+    def _usage_chunk(self, head: dict[str, Any], out: RequestOutput) -> dict[str, Any]:
+        """The last streamed chunk when the client asked for usage: no choices, the counts."""
+        usage = self._usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens)
+        return {**head, "choices": [], "usage": usage}
 
     def _head(self, kind: str, prefix: str) -> dict[str, Any]:
         rid = request_context.current().request_id
@@ -151,10 +157,7 @@ class OpenAIFrontend:
                 choice["finish_reason"] = openai_finish(finish_of(out)[0])
             yield {**head, "choices": [choice]}
             if out.finished and _include_usage(body):
-                usage = self._usage(
-                    out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
-                )
-                yield {**head, "choices": [], "usage": usage}
+                yield self._usage_chunk(head, out)
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
     def chat_call(self, body: ChatCompletionRequest) -> GenerationCall:
@@ -209,10 +212,7 @@ class OpenAIFrontend:
                 choice["finish_reason"] = openai_finish(finish_of(out)[0])
             yield {**head, "choices": [choice]}
             if out.finished and _include_usage(body):
-                usage = self._usage(
-                    out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
-                )
-                yield {**head, "choices": [], "usage": usage}
+                yield self._usage_chunk(head, out)
 
 
 def _include_usage(body: SamplingFields) -> bool:

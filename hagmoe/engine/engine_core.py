@@ -14,7 +14,7 @@ from hagmoe.engine.kv_cache_manager import KVCacheManager
 from hagmoe.engine.model_runner import ModelRunner, RoutingStats
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.request import Request, RequestStatus
-from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.sampling_params import SamplingParams, validate_prompt
 from hagmoe.engine.scheduler import Scheduler
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
@@ -90,19 +90,8 @@ class EngineCore:
     def validate(self, prompt: list[int], params: SamplingParams) -> None:
         """Raise InvalidRequestError if the prompt or the parameters break a limit (pure)."""
         params.validate(self.model.config.vocab_size)
-        limit, vocab = self.config.max_model_len, self.model.config.vocab_size
-        assert limit is not None
-        if not prompt:
-            raise InvalidRequestError("prompt", "must hold at least one token")
-        if len(prompt) >= limit:
-            raise InvalidRequestError(
-                "prompt",
-                f"{len(prompt)} tokens; the model takes at most "
-                f"{limit - 1} so that one token can be generated",
-            )
-        bad = next((t for t in prompt if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError("prompt", f"token id {bad} outside [0, vocab_size={vocab})")
+        assert self.config.max_model_len is not None
+        validate_prompt(prompt, self.config.max_model_len, self.model.config.vocab_size)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its cache; None if it is not in flight."""

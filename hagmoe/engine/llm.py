@@ -11,7 +11,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.outputs import LayerDecision, RequestOutput
 from hagmoe.engine.request import TokenLogprob
-from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.sampling_params import SamplingParams, params_per_prompt
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -90,13 +90,7 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[Completion]:
         """Generate for every prompt (text or token ids); results in prompt order."""
-        per_prompt = (
-            list(params)
-            if isinstance(params, Sequence)
-            else [params or SamplingParams()] * len(prompts)
-        )
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"{len(per_prompt)} sampling params for {len(prompts)} prompts")
+        per_prompt = params_per_prompt(params, len(prompts))
         completions: dict[str, Completion] = {}
         for prompt, p in zip(prompts, per_prompt, strict=True):
             ids = self.encode(prompt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hagmoe.engine.errors import InvalidRequestError
@@ -97,6 +98,34 @@ class SamplingParams:
             f"must lie in [0, {MAX_LOGPROBS}], got {self.logprobs}",
         )
         return self
+
+
+def validate_prompt(prompt: Sequence[int], max_model_len: int, vocab_size: int) -> None:
+    """Raise InvalidRequestError unless the prompt is non-empty, leaves room for one new token
+    and holds only ids in [0, vocab_size)."""
+    if not prompt:
+        raise InvalidRequestError("prompt", "must hold at least one token")
+    if len(prompt) >= max_model_len:
+        raise InvalidRequestError(
+            "prompt",
+            f"{len(prompt)} tokens; the model takes at most "
+            f"{max_model_len - 1} so that one token can be generated",
+        )
+    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError("prompt", f"token id {bad} outside [0, vocab_size={vocab_size})")
+
+
+def params_per_prompt(
+    params: SamplingParams | Sequence[SamplingParams] | None, num_prompts: int
+) -> list[SamplingParams]:
+    """One SamplingParams per prompt: a sequence as given, or one (default) shared by all."""
+    per_prompt = (
+        list(params) if isinstance(params, Sequence) else [params or SamplingParams()] * num_prompts
+    )
+    if len(per_prompt) != num_prompts:
+        raise ValueError(f"{len(per_prompt)} sampling params for {num_prompts} prompts")
+    return per_prompt
 
 
 def _finite(x: float) -> bool:

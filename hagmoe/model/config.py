@@ -221,16 +221,7 @@ class ModelConfig:
         if "model_type" not in data:
             raise ConfigError("config key 'model_type' is missing; expected 'hagmoe'")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        required = (
-            "vocab_size",
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "ffn_size",
-            "num_groups",
-            "experts_per_group",
-        )
-        for key in required:
+        for key in _REQUIRED:
             if key not in data:
                 raise ConfigError(f"config key {key!r} is missing (required)")
         kwargs = {k: v for k, v in data.items() if k in known}
@@ -261,7 +252,7 @@ class ModelConfig:
         return ModelConfig.from_dict(data)
 
 
-_POSITIVE_INTS = (
+_REQUIRED = (
     "vocab_size",
     "hidden_size",
     "num_layers",
@@ -269,6 +260,9 @@ _POSITIVE_INTS = (
     "ffn_size",
     "num_groups",
     "experts_per_group",
+)
+_POSITIVE_INTS = (
+    *_REQUIRED,
     "max_position",
     "k_min",
     "k_max",

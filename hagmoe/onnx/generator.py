@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from hagmoe.engine.detokenizer import IncrementalDetokenizer
-from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.request import Request, TokenLogprob
 from hagmoe.engine.sampler import Sampler
-from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.sampling_params import SamplingParams, params_per_prompt, validate_prompt
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.tokenizer import BYTE_PAD, Tokenizer
 from hagmoe.onnx.session import OnnxSessions
@@ -78,13 +77,7 @@ class OnnxGenerator:
     ) -> list[OnnxCompletion]:
         """Generate for every prompt (text or token ids); results in prompt order. Raises
         InvalidRequestError naming the field when a prompt or a parameter breaks a limit."""
-        per_prompt = (
-            list(params)
-            if isinstance(params, Sequence)
-            else [params or SamplingParams()] * len(prompts)
-        )
-        if len(per_prompt) != len(prompts):
-            raise ValueError(f"{len(per_prompt)} sampling params for {len(prompts)} prompts")
+        per_prompt = params_per_prompt(params, len(prompts))
         requests = [self._request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
         completions = [OnnxCompletion(list(r.prompt_token_ids)) for r in requests]
         if requests:
@@ -94,16 +87,7 @@ class OnnxGenerator:
     def _request(self, prompt: str | Sequence[int], params: SamplingParams) -> Request:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         params.validate(self.config.vocab_size)
-        limit, vocab = self.config.max_position, self.config.vocab_size
-        if not ids:
-            raise InvalidRequestError("prompt", "must hold at least one token")
-        if len(ids) >= limit:
-            raise InvalidRequestError(
-                "prompt", f"{len(ids)} tokens; the model takes at most {limit - 1}"
-            )
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError("prompt", f"token id {bad} outside [0, vocab_size={vocab})")
+        validate_prompt(ids, self.config.max_position, self.config.vocab_size)
         request = Request(f"onnx-{next(self._ids)}", ids, params, self.eos_token_id)
         request.detokenizer = IncrementalDetokenizer(
             self.tokenizer, ids, params.stop, params.skip_special_tokens
