@@ -32,6 +32,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS variant-cpu
 ENV HAGMOE_TORCH_INDEX=https://download.pytorch.org/whl/cpu \
     HAGMOE_DEVICE=cpu
+# A C compiler: hagmoe's CPU kernels (hagmoe/kernels) are built for the host's CPU at start-up.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM base AS variant-cuda
 ENV HAGMOE_TORCH_INDEX=https://pypi.org/simple \

@@ -18,6 +18,7 @@ from hagmoe.engine.outputs import LayerDecision
 from hagmoe.engine.request import TokenLogprob
 from hagmoe.engine.sampler import Sampler
 from hagmoe.engine.scheduler import SchedulerOutput
+from hagmoe.kernels import cpu as cpu_kernels
 from hagmoe.model.context import ForwardContext
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.routing import LayerRouting
@@ -61,6 +62,8 @@ class ModelRunner:
             for _ in range(cfg.num_layers)
         ]
         self.sampler = Sampler(seed=config.seed)
+        if self.device.type == "cpu":
+            cpu_kernels.library()  # build now, not during the first request
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.context import ForwardContext, Segment
+from hagmoe.model.linear import Linear
 from hagmoe.model.rope import apply_rope, rope_cos_sin
 
 
@@ -42,10 +43,10 @@ class Attention(nn.Module):
         self.sliding_window = config.sliding_window
         self.clip_qkv = config.clip_qkv
         self.qk_norm_type = config.qk_norm_type
-        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=config.attn_bias)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
-        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=bool(config.attn_out_bias))
+        self.q_proj = Linear(d, self.num_heads * hd, bias=config.attn_bias)
+        self.k_proj = Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
+        self.v_proj = Linear(d, self.num_kv_heads * hd, bias=config.attn_bias)
+        self.o_proj = Linear(self.num_heads * hd, d, bias=bool(config.attn_out_bias))
         if config.qk_norm_type is not None:
             per_head = config.qk_norm_type == "head"
             q_size = hd if per_head else self.num_heads * hd

@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
+
+KERNEL_PAIRS_PER_EXPERT = 32  # beyond this MKL's GEMMs are as fast (docs/benchmarks.md)
 
 
 class Experts(nn.Module):
@@ -31,8 +34,10 @@ class Experts(nn.Module):
         expert = experts[valid]  # [P]
         order = torch.argsort(expert, stable=True)
         token, expert, weight = token[order], expert[order], scores[valid][order]
-        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()  # [N]
-        rows = x[token].split(counts)  # per expert [count, d], sorted pairs
+        counts = torch.bincount(expert, minlength=self.w1.shape[0])  # [N]
+        if self._use_kernel(x, token.shape[0]):
+            return cpu.moe_swiglu(x, token, weight, counts, self.w1, self.w2, self.w3)
+        rows = x[token].split(counts.tolist())  # per expert [count, d], sorted pairs
         y = torch.cat(
             [
                 self._ffn(r, self.w1[e], self.w2[e], self.w3[e])
@@ -41,6 +46,16 @@ class Experts(nn.Module):
             ]
         )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
+
+    def _use_kernel(self, x: Tensor, num_pairs: int) -> bool:
+        """The CPU kernel wins while experts see few pairs each (decode-sized steps)."""
+        n, f, d = self.w1.shape
+        return (
+            num_pairs <= KERNEL_PAIRS_PER_EXPERT * n
+            and d % cpu.LANES == 0
+            and f % cpu.LANES == 0
+            and cpu.enabled_for(x)
+        )
 
     @staticmethod
     def _ffn(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:

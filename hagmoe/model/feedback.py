@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.model.config import ModelConfig
+from hagmoe.model.linear import Linear
 
 
 class Feedback(nn.Module):
@@ -17,7 +18,7 @@ class Feedback(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.expert_embed = nn.Parameter(torch.empty(config.num_experts, config.feedback))
-        self.proj = nn.Linear(config.feedback, config.hidden_size, bias=False)
+        self.proj = Linear(config.feedback, config.hidden_size, bias=False)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, o: Tensor, experts: Tensor, scores: Tensor) -> Tensor:

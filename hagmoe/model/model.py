@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.context import ForwardContext
 from hagmoe.model.layer import DecoderLayer
+from hagmoe.model.linear import linear
 from hagmoe.model.norms import make_norm
 from hagmoe.model.routing import LayerRouting
 
@@ -57,7 +58,7 @@ class HagMoEModel(nn.Module):
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., d] -> logits [..., V]."""
         weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return self.final_norm(hidden) @ weight.T
+        return linear(self.final_norm(hidden), weight)
 
     def forward_full(
         self,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from hagmoe.model.attention import HeadMix
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.context import ForwardContext
+from hagmoe.model.linear import Linear, linear
 from hagmoe.model.routing import LayerRouting
 
 
@@ -62,7 +63,7 @@ class AttentionRouter(nn.Module):
         """rv [T, G+N] = [W_g u / sqrt(d) ; W_e[g] u for every g]."""
         d = self.config.hidden_size
         weight = torch.cat((self.coarse.weight / math.sqrt(d), self.fine.weight.reshape(-1, d)))
-        return u @ weight.T
+        return linear(u, weight)
 
     def forward(
         self, u: Tensor, mixes: list[HeadMix], ctx: ForwardContext, layer: int
@@ -127,7 +128,7 @@ class LinearRouter(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.gate = Linear(config.hidden_size, config.num_experts, bias=False)
 
     def forward(
         self, u: Tensor, mixes: list[HeadMix], ctx: ForwardContext, layer: int

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.model.config import ModelConfig
+from hagmoe.model.linear import Linear, linear
 
 
 class SharedExpert(nn.Module):
@@ -22,11 +23,11 @@ class SharedExpert(nn.Module):
         self.w1 = nn.Parameter(torch.empty(fs, d))  # gate projection
         self.w2 = nn.Parameter(torch.empty(fs, d))  # up projection
         self.w3 = nn.Parameter(torch.empty(d, fs))  # down projection
-        self.gate = nn.Linear(d, 1, bias=False) if config.shared_expert_gate else None
+        self.gate = Linear(d, 1, bias=False) if config.shared_expert_gate else None
 
     def forward(self, u: Tensor) -> Tensor:
         """u [T, d] -> [T, d]."""
-        out = F.linear(F.silu(F.linear(u, self.w1)) * F.linear(u, self.w2), self.w3)
+        out = linear(F.silu(linear(u, self.w1)) * linear(u, self.w2), self.w3)
         if self.gate is None:
             return out
         return torch.sigmoid(self.gate(u)) * out  # gate [T, 1]

@@ -1,0 +1,1 @@
+"""Hand-written kernels for the shapes where library GEMMs fall short (decode-sized batches)."""

@@ -1,0 +1,159 @@
+"""The float32 CPU kernels of cpu_kernels.c, compiled once per machine and called through ctypes.
+
+The library is built with the system C compiler (`$CC`, else `cc`) on first use and cached in
+`$HAGMOE_KERNEL_CACHE` (default $XDG_CACHE_HOME/hagmoe/kernels, else ~/.cache/...), keyed by the source, the flags and the
+CPU's feature flags. Where no compiler works, `enabled_for` is False and callers keep their torch
+path; HAGMOE_CPU_KERNELS=0 turns the kernels off. They run only without autograd (serving).
+
+Legend: m rows, k inner size, n output columns, P (token, expert) pairs, T tokens, E experts,
+d hidden size, F expert FFN size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+LANES = 16  # inner sizes must be multiples of this
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "hagmoe_moe_swiglu": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HAGMOE_KERNEL_CACHE"):
+        return Path(os.environ["HAGMOE_KERNEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hagmoe" / "kernels"
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(tmp, target)  # atomic: concurrent builders each install a whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them first if needed; None where they cannot be had."""
+    if os.environ.get("HAGMOE_CPU_KERNELS", "1") == "0":
+        return None
+    compiler = os.environ.get("CC", "cc")
+    key = " ".join([compiler, *FLAGS, _cpu_features()]).encode()
+    digest = hashlib.sha256(SOURCE.read_bytes() + key).hexdigest()[:16]
+    path = cache_dir() / f"cpu_kernels-{digest}.so"
+    try:
+        if not path.exists():
+            _build(compiler, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        logger.warning("CPU kernels unavailable, using torch: %s %s", exc, detail.decode()[-500:])
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+    return lib
+
+
+def enabled_for(x: Tensor) -> bool:
+    """Whether the kernels serve computations on x: float32 on the CPU, autograd off."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and library() is not None
+    )
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
+    return t.data_ptr()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [m, k] @ weight [n, k]^T (+ bias [n]) -> [m, n]; k a multiple of LANES."""
+    lib = library()
+    assert lib is not None and x.shape[1] % LANES == 0
+    x, weight = x.contiguous(), weight.contiguous()
+    m, k = x.shape
+    n = weight.shape[0]
+    out = x.new_empty(m, n)
+    lib.hagmoe_linear(
+        _ptr(x), _ptr(weight), _ptr(bias), _ptr(out), m, k, n, torch.get_num_threads()
+    )
+    return out
+
+
+def moe_swiglu(
+    x: Tensor,
+    token: Tensor,
+    weight: Tensor,
+    counts: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    w3: Tensor,
+) -> Tensor:
+    """sum over pairs p of weight[p] * E_e(x[token[p]]), pairs sorted by expert e, counts [E]
+    pairs per expert; x [T, d], w1/w2 [E, F, d], w3 [E, d, F] -> [T, d]."""
+    lib = library()
+    num_experts, ffn, d = w1.shape
+    assert lib is not None and d % LANES == 0 and ffn % LANES == 0
+    xs = x.index_select(0, token)  # [P, d]
+    offsets = torch.zeros(num_experts + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    h = x.new_empty(token.shape[0], ffn)  # [P, F]
+    out = torch.zeros_like(x)  # [T, d]
+    lib.hagmoe_moe_swiglu(
+        _ptr(xs),
+        _ptr(token),
+        _ptr(weight.contiguous()),
+        _ptr(offsets),
+        _ptr(w1),
+        _ptr(w2),
+        _ptr(w3),
+        _ptr(h),
+        _ptr(out),
+        num_experts,
+        d,
+        ffn,
+        torch.get_num_threads(),
+    )
+    return out

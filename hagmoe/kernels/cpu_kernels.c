@@ -1,0 +1,147 @@
+/* Float32 CPU kernels for decode-sized batches, where MKL's small-M GEMM runs far below memory
+ * bandwidth: a dense linear and the SwiGLU experts of one MoE layer.
+ *
+ * Every output element is one dot product, computed in the same order whatever the other rows
+ * are (batch-invariant). Threads split output columns, so no two threads write the same element.
+ * Inner dimensions must be multiples of LANES (the Python side checks).
+ *
+ * Legend: m input rows, k inner size, n output columns, P (token, expert) pairs sorted by expert,
+ * d hidden size, F expert FFN size, E experts.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+
+#define LANES 16
+#define ROWS 8 /* input rows sharing one pass over a weight row */
+
+typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline float hsum(vec v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
+static inline float hsum(vec v) {
+    float s = 0.f;
+    for (int i = 0; i < LANES; i++) s += v[i];
+    return s;
+}
+#endif
+
+static inline vec load(const float *p) { return *(const vec *)p; }
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Calls fn(R, ...) with R a compile-time constant equal to min(rows, ROWS). */
+#define WITH_ROWS(rows, fn, ...)                                                                   \
+    switch ((rows) < ROWS ? (rows) : ROWS) {                                                       \
+    case 1: fn(1, __VA_ARGS__); break;                                                             \
+    case 2: fn(2, __VA_ARGS__); break;                                                             \
+    case 3: fn(3, __VA_ARGS__); break;                                                             \
+    case 4: fn(4, __VA_ARGS__); break;                                                             \
+    case 5: fn(5, __VA_ARGS__); break;                                                             \
+    case 6: fn(6, __VA_ARGS__); break;                                                             \
+    case 7: fn(7, __VA_ARGS__); break;                                                             \
+    default: fn(8, __VA_ARGS__); break;                                                            \
+    }
+
+/* dots[i] = w . x[i] for R rows of x (row stride k). */
+ALWAYS_INLINE void dot_rows(int R, const float *w, const float *x, int64_t k, float *dots) {
+    vec s[ROWS] = {0};
+    for (int64_t c = 0; c < k; c += LANES) {
+        vec wv = load(w + c);
+        for (int i = 0; i < R; i++) s[i] += wv * load(x + i * k + c);
+    }
+    for (int i = 0; i < R; i++) dots[i] = hsum(s[i]);
+}
+
+/* g[i] = a . x[i], u[i] = b . x[i] for R rows of x (row stride k), one pass over x. */
+ALWAYS_INLINE void dot2_rows(int R, const float *a, const float *b, const float *x, int64_t k,
+                             float *g, float *u) {
+    vec sa[ROWS] = {0}, sb[ROWS] = {0};
+    for (int64_t c = 0; c < k; c += LANES) {
+        vec av = load(a + c), bv = load(b + c);
+        for (int i = 0; i < R; i++) {
+            vec xv = load(x + i * k + c);
+            sa[i] += av * xv;
+            sb[i] += bv * xv;
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        g[i] = hsum(sa[i]);
+        u[i] = hsum(sb[i]);
+    }
+}
+
+static void dot_rows_any(int rows, const float *w, const float *x, int64_t k, float *dots) {
+    WITH_ROWS(rows, dot_rows, w, x, k, dots)
+}
+
+static void dot2_rows_any(int rows, const float *a, const float *b, const float *x, int64_t k,
+                          float *g, float *u) {
+    WITH_ROWS(rows, dot2_rows, a, b, x, k, g, u)
+}
+
+static inline void split(int64_t total, int64_t *lo, int64_t *hi) {
+    int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    *lo = total * t / nt;
+    *hi = total * (t + 1) / nt;
+}
+
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL). */
+void hagmoe_linear(const float *x, const float *w, const float *bias, float *out, int64_t m,
+                   int64_t k, int64_t n, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t j0, j1;
+        float dots[ROWS];
+        split(n, &j0, &j1);
+        for (int64_t j = j0; j < j1; j++) {
+            float b = bias ? bias[j] : 0.f;
+            for (int64_t i = 0; i < m; i += ROWS) {
+                int rows = m - i < ROWS ? (int)(m - i) : ROWS;
+                dot_rows_any(rows, w + j * k, x + i * k, k, dots);
+                for (int r = 0; r < rows; r++) out[(i + r) * n + j] = dots[r] + b;
+            }
+        }
+    }
+}
+
+/* One MoE layer's experts E_e(x) = w3[e] (silu(w1[e] x) * (w2[e] x)) over pairs sorted by
+ * expert (offsets [E + 1] delimit each expert's pairs):
+ *   h [P, F]    = silu(xs @ w1[e]^T) * (xs @ w2[e]^T)   xs [P, d]: each pair's token row
+ *   out [T, d] += weight[p] * (h[p] @ w3[e]^T)          at row token[p]
+ * w1, w2 [E, F, d], w3 [E, d, F]; out must hold zeros (or what to add to). */
+void hagmoe_moe_swiglu(const float *xs, const int64_t *token, const float *weight,
+                       const int64_t *offsets, const float *w1, const float *w2, const float *w3,
+                       float *h, float *out, int64_t experts, int64_t d, int64_t F, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        int64_t lo, hi;
+        float g[ROWS], u[ROWS], y[ROWS];
+        split(F, &lo, &hi);
+        for (int64_t e = 0; e < experts; e++) {
+            for (int64_t f = lo; f < hi; f++) {
+                const float *a = w1 + (e * F + f) * d, *b = w2 + (e * F + f) * d;
+                for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
+                    int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
+                    dot2_rows_any(rows, a, b, xs + p * d, d, g, u);
+                    for (int r = 0; r < rows; r++)
+                        h[(p + r) * F + f] = g[r] / (1.f + expf(-g[r])) * u[r];
+                }
+            }
+        }
+#pragma omp barrier
+        split(d, &lo, &hi);
+        for (int64_t e = 0; e < experts; e++) {
+            for (int64_t j = lo; j < hi; j++) {
+                const float *c = w3 + (e * d + j) * F;
+                for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
+                    int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
+                    dot_rows_any(rows, c, h + p * F, F, y);
+                    for (int r = 0; r < rows; r++) out[token[p + r] * d + j] += weight[p + r] * y[r];
+                }
+            }
+        }
+    }
+}

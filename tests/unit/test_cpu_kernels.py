@@ -1,0 +1,151 @@
+"""The float32 CPU kernels (hagmoe/kernels) against float64 references, their batch invariance,
+their use by the model when serving, and the fallback when they cannot be built."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference import checkpoint_tensors, reference_model
+from torch import Tensor
+
+from hagmoe.kernels import cpu
+from hagmoe.model import named_config, random_model
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine"
+)
+
+
+@pytest.fixture(autouse=True)
+def no_grad() -> Iterator[None]:
+    with torch.inference_mode():
+        yield
+
+
+def moe_reference(
+    x: Tensor, token: Tensor, expert: Tensor, weight: Tensor, w: list[Tensor]
+) -> Tensor:
+    """Pair by pair in float64."""
+    x64, (w1, w2, w3) = x.double(), [t.double() for t in w]
+    out = torch.zeros_like(x64)
+    for t, e, s in zip(token.tolist(), expert.tolist(), weight.double().tolist(), strict=True):
+        out[t] += s * (w3[e] @ (F.silu(w1[e] @ x64[t]) * (w2[e] @ x64[t])))
+    return out
+
+
+def random_pairs(
+    num_tokens: int, num_experts: int, k: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """k distinct experts per token, sorted by expert; expert 0 never chosen (an empty one)."""
+    g = torch.Generator().manual_seed(seed)
+    expert = torch.stack(
+        [1 + torch.randperm(num_experts - 1, generator=g)[:k] for _ in range(num_tokens)]
+    ).reshape(-1)
+    token = torch.arange(num_tokens).repeat_interleave(k)
+    order = torch.argsort(expert, stable=True)
+    return token[order], expert[order], torch.rand(num_tokens * k, generator=g)[order]
+
+
+def experts(n: int, f: int, d: int, seed: int) -> list[Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(n, f, d, generator=g) / d**0.5,
+        torch.randn(n, f, d, generator=g) / d**0.5,
+        torch.randn(n, d, f, generator=g) / f**0.5,
+    ]
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 17])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_float64(rows: int, bias: bool) -> None:
+    g = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, 48, generator=g), torch.randn(37, 48, generator=g)
+    b = torch.randn(37, generator=g) if bias else None
+    expected = F.linear(x.double(), w.double(), None if b is None else b.double())
+    assert torch.allclose(cpu.linear(x, w, b).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("num_tokens", "k"), [(1, 1), (5, 3), (32, 4), (64, 2)])
+def test_moe_matches_float64(num_tokens: int, k: int) -> None:
+    n, f, d = 8, 48, 32
+    w = experts(n, f, d, seed=num_tokens)
+    x = torch.randn(num_tokens, d, generator=torch.Generator().manual_seed(1))
+    token, expert, weight = random_pairs(num_tokens, n, k, seed=num_tokens)
+    got = cpu.moe_swiglu(x, token, weight, torch.bincount(expert, minlength=n), *w)
+    assert torch.allclose(got.double(), moe_reference(x, token, expert, weight, w), atol=1e-5)
+
+
+def test_kernels_are_batch_and_thread_invariant() -> None:
+    """A row's result is bit-identical alone, among others, and on one or two threads."""
+    n, f, d = 8, 48, 32
+    w = experts(n, f, d, seed=0)
+    x = torch.randn(20, d, generator=torch.Generator().manual_seed(2))
+    token, expert, weight = random_pairs(20, n, 2, seed=3)
+    counts = torch.bincount(expert, minlength=n)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for num_threads in (1, 2):
+            torch.set_num_threads(num_threads)
+            runs.append((cpu.moe_swiglu(x, token, weight, counts, *w), cpu.linear(x, w[0][0])))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    mine = token == 7
+    alone = cpu.moe_swiglu(
+        x, token[mine], weight[mine], torch.bincount(expert[mine], minlength=n), *w
+    )
+    assert torch.equal(alone[7], runs[0][0][7])
+    assert torch.equal(cpu.linear(x[7:8], w[0][0])[0], runs[0][1][7])
+
+
+def test_serving_forward_uses_kernels_and_matches_float64(monkeypatch: Any) -> None:
+    calls: dict[str, int] = {"linear": 0, "moe_swiglu": 0}
+    for name in calls:
+        original = getattr(cpu, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original) -> Tensor:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(cpu, name, spy)
+    cfg = named_config("tiny", position="rope", feedback_dim=16)
+    model64 = random_model(cfg, seed=5, dtype=torch.float64)
+    model32 = random_model(cfg, seed=5, dtype=torch.float32)
+    ids = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    logits = model32.forward_full(ids).logits
+    expected, _ = reference_model(ids, checkpoint_tensors(model64), cfg)
+    assert calls["linear"] > 0 and calls["moe_swiglu"] == cfg.num_layers
+    assert torch.allclose(logits.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_training_keeps_torch_path() -> None:
+    x = torch.zeros(2, 16)
+    assert cpu.enabled_for(x)
+    with torch.inference_mode(False), torch.enable_grad():
+        assert not cpu.enabled_for(torch.zeros(2, 16))
+    assert not cpu.enabled_for(x.double())
+
+
+def test_unbuildable_kernels_fall_back(monkeypatch: Any, tmp_path: Any) -> None:
+    """A failing compiler (or HAGMOE_CPU_KERNELS=0) leaves the torch path, with a warning."""
+    monkeypatch.setenv("HAGMOE_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    cpu.library.cache_clear()
+    try:
+        assert cpu.library() is None and not cpu.enabled_for(torch.zeros(1, 16))
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("HAGMOE_CPU_KERNELS", "0")
+        cpu.library.cache_clear()
+        assert cpu.library() is None
+        monkeypatch.delenv("HAGMOE_CPU_KERNELS")
+        cpu.library.cache_clear()
+        assert cpu.library() is not None and list(tmp_path.glob("cpu_kernels-*.so"))
+    finally:
+        cpu.library.cache_clear()
