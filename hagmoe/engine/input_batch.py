@@ -75,20 +75,17 @@ def _segment(
 ) -> Segment:
     b = len(group)
     q = max(s.num_new_tokens for s in group)
-    lengths = [s.request.num_computed_tokens + s.num_new_tokens for s in group]
-    l_max = max(lengths)
+    nblocks = [-(-(s.request.num_computed_tokens + s.num_new_tokens) // block_size) for s in group]
     rows = np.arange(q)
     counts = np.asarray([s.num_new_tokens for s in group])
     valid = rows[None, :] < counts[:, None]  # [B, Q]
     firsts = np.asarray([s.request.num_computed_tokens for s in group])
     query_pos = np.where(valid, firsts[:, None] + rows[None, :], 0)
     token_index = np.where(valid, np.asarray(starts)[:, None] + rows[None, :], 0)
-    offsets = np.arange(block_size)
-    key_slots = np.zeros((b, l_max), dtype=np.int64)
-    for i, (s, length) in enumerate(zip(group, lengths, strict=True)):
-        nblocks = -(-length // block_size)
-        table = np.asarray(s.request.block_table[:nblocks], dtype=np.int64)
-        key_slots[i, :length] = (table[:, None] * block_size + offsets).reshape(-1)[:length]
+    block_table = np.zeros((b, max(nblocks)), dtype=np.int64)  # pad: the row's first block
+    for i, (s, nb) in enumerate(zip(group, nblocks, strict=True)):
+        block_table[i] = s.request.block_table[0]
+        block_table[i, :nb] = s.request.block_table[:nb]
 
     def to(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a).to(device)
@@ -97,5 +94,6 @@ def _segment(
         query_pos=to(query_pos),
         token_index=to(token_index),
         valid=None if valid.all() else to(valid),
-        key_slots=to(key_slots),
+        block_table=to(block_table),
+        block_size=block_size,
     )

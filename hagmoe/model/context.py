@@ -7,7 +7,8 @@ A step's tokens are flat ([T]); attention runs per *segment*, a padded [B, Q] vi
 queries of B sequences, each seeing key positions 0..L-1 of its own sequence. In dense mode
 (training, reference) the keys are this step's own tokens; in paged mode (serving) each layer
 first writes its new K, V and routing values into the cache at `slot_mapping`, then reads
-positions 0..L-1 back through `key_slots`. A layer's cache has two parts: KV (K then V,
+whole blocks back through each sequence's `block_table` (L = blocks x block_size; positions past
+the sequence's length are masked like future ones). A layer's cache has two parts: KV (K then V,
 2*Hkv*hd values per token) and, for the attention router, RV (the G + N routing values).
 """
 
@@ -30,11 +31,16 @@ class Segment:
         None  # [B, Q] flat token of each row; None: rows are tokens in order
     )
     valid: Tensor | None = None  # [B, Q] bool, real rows; None: all rows are real
-    key_slots: Tensor | None = None  # [B, L] cache slot of key position j; None: dense mode
+    block_table: Tensor | None = None  # [B, nb] cache block of key positions; None: dense mode
+    block_size: int = 0  # key positions per block (paged mode)
     mask: Tensor = field(init=False)  # [B, 1, Q, L] bool
 
     def __post_init__(self) -> None:
-        num_keys = self.query_pos.shape[1] if self.key_slots is None else self.key_slots.shape[1]
+        num_keys = (
+            self.query_pos.shape[1]
+            if self.block_table is None
+            else self.block_table.shape[1] * self.block_size
+        )
         j = torch.arange(num_keys, device=self.query_pos.device)
         self.mask = (j[None, None, :] <= self.query_pos[:, :, None]).unsqueeze(1)
 
@@ -88,8 +94,10 @@ class ForwardContext:
 
     def read(self, layer: int, seg: Segment, part: int, values: Tensor) -> Tensor:
         """Per-sequence key-side values [B, L, w]: from the cache (paged) or this step (dense)."""
-        if self.kv_caches is None or seg.key_slots is None:
+        if self.kv_caches is None or seg.block_table is None:
             return seg.take(values)
-        b, length = seg.key_slots.shape
-        rows = self.kv_caches[layer][part].index_select(0, seg.key_slots.view(-1))
-        return rows.view(b, length, -1)
+        cache = self.kv_caches[layer][part]  # [num_slots, w]
+        b, nb = seg.block_table.shape
+        width = cache.shape[1]
+        blocks = cache.view(-1, seg.block_size * width).index_select(0, seg.block_table.view(-1))
+        return blocks.view(b, nb * seg.block_size, width)
