@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.engine_core import EngineCore, StepStats
 from hagmoe.engine.errors import EngineDeadError
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.kernels.openmp import release_thread_team
 from hagmoe.model.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class _Add:
 @dataclass(slots=True)
 class _Abort:
     request_id: str
+
+
+def _put_all(batch: list[tuple[asyncio.Queue[Any], RequestOutput]]) -> None:
+    for stream, out in batch:
+        stream.put_nowait(out)
 
 
 class AsyncEngine:
@@ -60,6 +67,7 @@ class AsyncEngine:
     def start(self) -> None:
         """Start the engine thread (idempotent)."""
         if self._thread is None:
+            release_thread_team()  # one OpenMP team in the process: the engine thread's
             self._thread = threading.Thread(target=self._run, name="hagmoe-engine", daemon=True)
             self._thread.start()
 
@@ -166,13 +174,17 @@ class AsyncEngine:
                     self._deliver([out])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            with self._lock:
+        """One wake-up per event loop per step, however many requests it streams."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], RequestOutput]]]
+        batches = {}
+        with self._lock:
+            for out in outputs:
                 target = self._streams.get(out.request_id)
-            if target is not None:
-                loop, stream = target
-                with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                    loop.call_soon_threadsafe(stream.put_nowait, out)
+                if target is not None:
+                    batches.setdefault(target[0], []).append((target[1], out))
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _fail_all(self, error: BaseException) -> None:
         for rid in list(self.core.scheduler.requests):

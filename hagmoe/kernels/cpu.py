@@ -33,6 +33,7 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_moe_swiglu": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "hagmoe_decode_attention": [_P, _P, _P, _P, _P, _P] + [_I64] * 6 + [ctypes.c_float, _I64, _INT],
 }
 
 
@@ -157,3 +158,44 @@ def moe_swiglu(
         torch.get_num_threads(),
     )
     return out
+
+
+def decode_attention(
+    q: Tensor,
+    cache: Tensor,
+    block_table: Tensor,
+    lengths: Tensor,
+    block_size: int,
+    num_kv_heads: int,
+    window: int | None,
+) -> tuple[Tensor, Tensor]:
+    """One query per sequence against its paged keys: q [B, H, hd] (hd a multiple of LANES),
+    cache [num_slots, 2*Hkv*hd] (K then V), block_table [B, nb], lengths [B] keys per row.
+
+    Returns probs [B, H, L] (L = nb * block_size, zero past each row's length and before its
+    sliding window) and out [B, H*hd]."""
+    lib = library()
+    batch, heads, hd = q.shape
+    assert lib is not None and hd % LANES == 0 and cache.is_contiguous()
+    q = q.contiguous()
+    blocks_per_seq = block_table.shape[1]
+    probs = q.new_empty(batch, heads, blocks_per_seq * block_size)
+    out = q.new_empty(batch, heads * hd)
+    lib.hagmoe_decode_attention(
+        _ptr(q),
+        _ptr(cache),
+        _ptr(block_table.contiguous()),
+        _ptr(lengths.contiguous()),
+        _ptr(out),
+        _ptr(probs),
+        batch,
+        heads,
+        num_kv_heads,
+        hd,
+        blocks_per_seq,
+        block_size,
+        hd**-0.5,
+        window or 0,
+        torch.get_num_threads(),
+    )
+    return probs, out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
@@ -68,8 +69,22 @@ class Attention(nn.Module):
         out = a.new_empty(t, self.num_heads * self.head_dim)
         mixes = []
         for seg in ctx.segments:
-            keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
-            probs, o = self._attend(seg.take(q), keys, self._mask(seg))
+            q_seg = seg.take(q)  # [B, Q, H, hd]
+            if self._decodes_from_cache(q_seg, ctx, seg):
+                assert ctx.kv_caches is not None and seg.block_table is not None
+                probs, o = cpu.decode_attention(
+                    q_seg[:, 0],
+                    ctx.kv_caches[layer][0],
+                    seg.block_table,
+                    seg.query_pos[:, 0] + 1,
+                    seg.block_size,
+                    self.num_kv_heads,
+                    self.sliding_window,
+                )
+                probs, o = probs.unsqueeze(2), o.unsqueeze(1)
+            else:
+                keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
+                probs, o = self._attend(q_seg, keys, self._mask(seg))
             seg.put(out, o)
             if self.keep_head_mix:
                 mixes.append(
@@ -78,6 +93,16 @@ class Attention(nn.Module):
                     )
                 )
         return self.o_proj(out), mixes
+
+    def _decodes_from_cache(self, q: Tensor, ctx: ForwardContext, seg: Segment) -> bool:
+        """Decode rows in paged mode go to the CPU kernel, which reads K/V in place."""
+        return (
+            q.shape[1] == 1
+            and ctx.kv_caches is not None
+            and seg.block_table is not None
+            and self.head_dim % cpu.LANES == 0
+            and cpu.enabled_for(q)
+        )
 
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from reference import checkpoint_tensors, reference_model
 from torch import Tensor
 
-from hagmoe.kernels import cpu
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.kernels import cpu, openmp
 from hagmoe.model import named_config, random_model
 
 pytestmark = pytest.mark.skipif(
@@ -79,6 +82,74 @@ def test_moe_matches_float64(num_tokens: int, k: int) -> None:
     token, expert, weight = random_pairs(num_tokens, n, k, seed=num_tokens)
     got = cpu.moe_swiglu(x, token, weight, torch.bincount(expert, minlength=n), *w)
     assert torch.allclose(got.double(), moe_reference(x, token, expert, weight, w), atol=1e-5)
+
+
+def paged_keys(
+    lengths: list[int], kv_heads: int, hd: int, block_size: int, seed: int
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """A shuffled paged cache [slots, 2*Hkv*hd] holding each sequence's K then V rows, its block
+    table (padded with the row's first block) and each sequence's rows in position order."""
+    g = torch.Generator().manual_seed(seed)
+    nblocks = [-(-n // block_size) for n in lengths]
+    order = torch.randperm(sum(nblocks) + 3, generator=g)  # 3 blocks nobody owns
+    cache = torch.randn(len(order) * block_size, 2 * kv_heads * hd, generator=g)
+    table = torch.zeros(len(lengths), max(nblocks), dtype=torch.int64)
+    rows, used = [], 0
+    for i, (n, nb) in enumerate(zip(lengths, nblocks, strict=True)):
+        blocks = order[used : used + nb]
+        used += nb
+        table[i] = blocks[0]
+        table[i, :nb] = blocks
+        slots = (blocks[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:n]
+        rows.append(cache[slots])
+    return cache, table, rows
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "window"), [(4, 4, None), (8, 2, None), (4, 1, 5)])
+def test_decode_attention_matches_float64(heads: int, kv_heads: int, window: int | None) -> None:
+    hd, block_size, lengths = 16, 4, [1, 7, 13, 4]
+    cache, table, rows = paged_keys(lengths, kv_heads, hd, block_size, seed=heads)
+    q = torch.randn(len(lengths), heads, hd, generator=torch.Generator().manual_seed(9))
+    probs, out = cpu.decode_attention(
+        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window
+    )
+    assert probs.shape == (len(lengths), heads, table.shape[1] * block_size)
+    for b, (n, kv) in enumerate(zip(lengths, rows, strict=True)):
+        first = max(0, n - window) if window else 0
+        k, v = kv.double().view(n, 2, kv_heads, hd).unbind(1)  # [n, Hkv, hd] each
+        for h in range(heads):
+            g = h // (heads // kv_heads)
+            p = torch.softmax(k[first:, g] @ q[b, h].double() / hd**0.5, dim=0)
+            expected = torch.zeros(probs.shape[-1], dtype=torch.float64)
+            expected[first:n] = p
+            assert torch.allclose(probs[b, h].double(), expected, atol=1e-6)
+            o = out[b, h * hd : (h + 1) * hd].double()
+            assert torch.allclose(o, p @ v[first:, g], atol=1e-5)
+
+
+def test_float32_engine_decodes_on_kernels_like_float64_forward() -> None:
+    """The paged decode path (decode attention, experts, linears on the kernels) against the
+    float64 full forward of the same weights, with GQA and rope."""
+    cfg = named_config("tiny", position="rope", num_kv_heads=2)
+    model32 = random_model(cfg, seed=4, dtype=torch.float32)
+    model64 = random_model(cfg, seed=4, dtype=torch.float64)
+    engine = EngineCore(model32, None, EngineConfig(keep_logits=True, block_size=4))
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    prompts = [[5, 9, 2], [7] * 11, list(range(20, 29))]
+    reqs = {f"r{i}": engine.add_request(f"r{i}", p, params) for i, p in enumerate(prompts)}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seq = reqs[out.request_id].all_token_ids[:-1]
+            ref = model64.forward_full(torch.tensor([seq])).logits[0, -1]
+            got = engine.last_logits[out.request_id].double()
+            assert (got - ref).abs().max() / ref.abs().max() < 1e-4, out.request_id
+
+
+def test_released_thread_team_comes_back() -> None:
+    x = torch.randn(256, 256)
+    before = x @ x
+    assert openmp.release_thread_team()
+    assert torch.equal(x @ x, before)
 
 
 def test_kernels_are_batch_and_thread_invariant() -> None:
