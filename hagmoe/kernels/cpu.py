@@ -32,7 +32,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
-    "hagmoe_moe_swiglu": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "hagmoe_moe_swiglu": [_P] * 10 + [_I64, _I64, _I64, _INT],
     "hagmoe_decode_attention": [_P, _P, _P, _P, _P, _P] + [_I64] * 6 + [ctypes.c_float, _I64, _INT],
 }
 
@@ -140,7 +140,7 @@ def moe_swiglu(
     xs = x.index_select(0, token)  # [P, d]
     offsets = torch.zeros(num_experts + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
-    h = x.new_empty(token.shape[0], ffn)  # [P, F]
+    h, up = x.new_empty(2, token.shape[0], ffn).unbind(0)  # [P, F] each
     out = torch.zeros_like(x)  # [T, d]
     lib.hagmoe_moe_swiglu(
         _ptr(xs),
@@ -151,6 +151,7 @@ def moe_swiglu(
         _ptr(w2),
         _ptr(w3),
         _ptr(h),
+        _ptr(up),
         _ptr(out),
         num_experts,
         d,

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <string.h>
 
 #define LANES 16
 #define ROWS 8 /* input rows sharing one pass over a weight row */
@@ -29,6 +30,27 @@ static inline float hsum(vec v) {
 #endif
 
 static inline vec load(const float *p) { return *(const vec *)p; }
+
+/* exp(x) within 2 ulp for x in [-87, 88] (clamped outside), branch-free so that loops over it
+ * vectorise (libm's expf does not): Cephes' polynomial, 2^n put into the exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+    float t = x * 1.44269504f + 12582912.f; /* 1.5 * 2^23: round to nearest */
+    float n = t - 12582912.f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000 + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return (p * r * r + r + 1.f) * scale;
+}
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -111,10 +133,11 @@ void hagmoe_linear(const float *x, const float *w, const float *bias, float *out
  * expert (offsets [E + 1] delimit each expert's pairs):
  *   h [P, F]    = silu(xs @ w1[e]^T) * (xs @ w2[e]^T)   xs [P, d]: each pair's token row
  *   out [T, d] += weight[p] * (h[p] @ w3[e]^T)          at row token[p]
- * w1, w2 [E, F, d], w3 [E, d, F]; out must hold zeros (or what to add to). */
+ * w1, w2 [E, F, d], w3 [E, d, F]; up [P, F] is scratch; out must hold zeros (or what to add to). */
 void hagmoe_moe_swiglu(const float *xs, const int64_t *token, const float *weight,
                        const int64_t *offsets, const float *w1, const float *w2, const float *w3,
-                       float *h, float *out, int64_t experts, int64_t d, int64_t F, int threads) {
+                       float *h, float *up, float *out, int64_t experts, int64_t d, int64_t F,
+                       int threads) {
 #pragma omp parallel num_threads(threads)
     {
         int64_t lo, hi;
@@ -126,10 +149,17 @@ void hagmoe_moe_swiglu(const float *xs, const int64_t *token, const float *weigh
                 for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
                     int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
                     dot2_rows_any(rows, a, b, xs + p * d, d, g, u);
-                    for (int r = 0; r < rows; r++)
-                        h[(p + r) * F + f] = g[r] / (1.f + expf(-g[r])) * u[r];
+                    for (int r = 0; r < rows; r++) {
+                        h[(p + r) * F + f] = g[r];
+                        up[(p + r) * F + f] = u[r];
+                    }
                 }
             }
+        }
+        for (int64_t p = 0; p < offsets[experts]; p++) {
+            float *hp = h + p * F;
+            const float *upp = up + p * F;
+            for (int64_t f = lo; f < hi; f++) hp[f] = hp[f] / (1.f + exp_approx(-hp[f])) * upp[f];
         }
 #pragma omp barrier
         split(d, &lo, &hi);
@@ -179,7 +209,8 @@ void hagmoe_decode_attention(const float *q, const float *cache, const int64_t *
         for (int64_t h = 0; h < heads; h++) {
             float *p = pb + h * keys, top = -INFINITY, total = 0.f;
             for (int64_t j = first; j < length; j++) top = p[j] > top ? p[j] : top;
-            for (int64_t j = first; j < length; j++) total += (p[j] = expf(p[j] - top));
+            for (int64_t j = first; j < length; j++) p[j] = exp_approx(p[j] - top);
+            for (int64_t j = first; j < length; j++) total += p[j];
             for (int64_t j = first; j < length; j++) p[j] /= total;
         }
         for (int64_t j = first; j < length; j++) {
