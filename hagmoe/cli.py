@@ -94,7 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows.append(r.as_dict())
         engine_tps = results[0].tokens_per_second
         for r in results[1:]:
-            print(f"  engine / {r.system}: {engine_tps / r.tokens_per_second:.1f}x")
+            print(f"  engine / {r.system}: {engine_tps / r.tokens_per_second:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
