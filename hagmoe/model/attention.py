@@ -70,18 +70,9 @@ class Attention(nn.Module):
         mixes = []
         for seg in ctx.segments:
             q_seg = seg.take(q)  # [B, Q, H, hd]
-            if self._decodes_from_cache(q_seg, ctx, seg):
-                assert ctx.kv_caches is not None and seg.block_table is not None
-                probs, o = cpu.decode_attention(
-                    q_seg[:, 0],
-                    ctx.kv_caches[layer][0],
-                    seg.block_table,
-                    seg.query_pos[:, 0] + 1,
-                    seg.block_size,
-                    self.num_kv_heads,
-                    self.sliding_window,
-                )
-                probs, o = probs.unsqueeze(2), o.unsqueeze(1)
+            cache = self._decode_cache(q_seg, ctx, layer, seg)
+            if cache is not None:
+                probs, o = self._attend_in_cache(q_seg, cache, seg)
             else:
                 keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
                 probs, o = self._attend(q_seg, keys, self._mask(seg))
@@ -94,15 +85,33 @@ class Attention(nn.Module):
                 )
         return self.o_proj(out), mixes
 
-    def _decodes_from_cache(self, q: Tensor, ctx: ForwardContext, seg: Segment) -> bool:
-        """Decode rows in paged mode go to the CPU kernel, which reads K/V in place."""
-        return (
+    def _decode_cache(
+        self, q: Tensor, ctx: ForwardContext, layer: int, seg: Segment
+    ) -> Tensor | None:
+        """The layer's KV cache where the CPU kernel attends in place: decode rows, paged mode."""
+        if (
             q.shape[1] == 1
             and ctx.kv_caches is not None
             and seg.block_table is not None
             and self.head_dim % cpu.LANES == 0
             and cpu.enabled_for(q)
+        ):
+            return ctx.kv_caches[layer][0]
+        return None
+
+    def _attend_in_cache(self, q: Tensor, cache: Tensor, seg: Segment) -> tuple[Tensor, Tensor]:
+        """q [B, 1, H, hd] against K/V read in place -> probs [B, H, 1, L], out [B, 1, H*hd]."""
+        assert seg.block_table is not None
+        probs, out = cpu.decode_attention(
+            q[:, 0],
+            cache,
+            seg.block_table,
+            seg.query_pos[:, 0] + 1,
+            seg.block_size,
+            self.num_kv_heads,
+            self.sliding_window,
         )
+        return probs.unsqueeze(2), out.unsqueeze(1)
 
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""
