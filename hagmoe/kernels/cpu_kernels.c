@@ -2,7 +2,8 @@
  * bandwidth: a dense linear and the SwiGLU experts of one MoE layer.
  *
  * Every output element is one dot product, computed in the same order whatever the other rows
- * are (batch-invariant). Threads split output columns, so no two threads write the same element.
+ * are (batch-invariant). Threads take chunks of output columns, so no two threads write the
+ * same element.
  * Inner dimensions must be multiples of LANES (the Python side checks).
  *
  * Legend: m input rows, k inner size, n output columns, P (token, expert) pairs sorted by expert,
@@ -104,21 +105,19 @@ static void dot2_rows_any(int rows, const float *a, const float *b, const float 
     WITH_ROWS(rows, dot2_rows, a, b, x, k, g, u)
 }
 
-static inline void split(int64_t total, int64_t *lo, int64_t *hi) {
-    int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    *lo = total * t / nt;
-    *hi = total * (t + 1) / nt;
-}
+/* Output columns are handed out in chunks of CHUNK, dynamically: a thread the OS deschedules
+ * (2 CPUs shared with the server's event loop) holds up only its current chunk. */
+#define CHUNK 32
+#define CHUNKS(total) (((total) + CHUNK - 1) / CHUNK)
+#define CHUNK_END(c, total) ((c) * CHUNK + CHUNK < (total) ? (c) * CHUNK + CHUNK : (total))
 
 /* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL). */
 void hagmoe_linear(const float *x, const float *w, const float *bias, float *out, int64_t m,
                    int64_t k, int64_t n, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        int64_t j0, j1;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t c = 0; c < CHUNKS(n); c++) {
         float dots[ROWS];
-        split(n, &j0, &j1);
-        for (int64_t j = j0; j < j1; j++) {
+        for (int64_t j = c * CHUNK; j < CHUNK_END(c, n); j++) {
             float b = bias ? bias[j] : 0.f;
             for (int64_t i = 0; i < m; i += ROWS) {
                 int rows = m - i < ROWS ? (int)(m - i) : ROWS;
@@ -138,40 +137,41 @@ void hagmoe_moe_swiglu(const float *xs, const int64_t *token, const float *weigh
                        const int64_t *offsets, const float *w1, const float *w2, const float *w3,
                        float *h, float *up, float *out, int64_t experts, int64_t d, int64_t F,
                        int threads) {
+    int64_t pairs = offsets[experts];
 #pragma omp parallel num_threads(threads)
     {
-        int64_t lo, hi;
         float g[ROWS], u[ROWS], y[ROWS];
-        split(F, &lo, &hi);
-        for (int64_t e = 0; e < experts; e++) {
-            for (int64_t f = lo; f < hi; f++) {
-                const float *a = w1 + (e * F + f) * d, *b = w2 + (e * F + f) * d;
-                for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
-                    int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
-                    dot2_rows_any(rows, a, b, xs + p * d, d, g, u);
-                    for (int r = 0; r < rows; r++) {
-                        h[(p + r) * F + f] = g[r];
-                        up[(p + r) * F + f] = u[r];
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < CHUNKS(F); c++) { /* h[:, chunk of F] */
+            int64_t lo = c * CHUNK, hi = CHUNK_END(c, F);
+            for (int64_t e = 0; e < experts; e++)
+                for (int64_t f = lo; f < hi; f++) {
+                    const float *a = w1 + (e * F + f) * d, *b = w2 + (e * F + f) * d;
+                    for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
+                        int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
+                        dot2_rows_any(rows, a, b, xs + p * d, d, g, u);
+                        for (int r = 0; r < rows; r++) {
+                            h[(p + r) * F + f] = g[r];
+                            up[(p + r) * F + f] = u[r];
+                        }
                     }
                 }
-            }
-        }
-        for (int64_t p = 0; p < offsets[experts]; p++) {
-            float *hp = h + p * F;
-            const float *upp = up + p * F;
-            for (int64_t f = lo; f < hi; f++) hp[f] = hp[f] / (1.f + exp_approx(-hp[f])) * upp[f];
-        }
-#pragma omp barrier
-        split(d, &lo, &hi);
-        for (int64_t e = 0; e < experts; e++) {
-            for (int64_t j = lo; j < hi; j++) {
-                const float *c = w3 + (e * d + j) * F;
-                for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
-                    int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
-                    dot_rows_any(rows, c, h + p * F, F, y);
-                    for (int r = 0; r < rows; r++) out[token[p + r] * d + j] += weight[p + r] * y[r];
+            for (int64_t p = 0; p < pairs; p++)
+                for (int64_t f = lo; f < hi; f++)
+                    h[p * F + f] = h[p * F + f] / (1.f + exp_approx(-h[p * F + f])) * up[p * F + f];
+        } /* implicit barrier: all of h is ready */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < CHUNKS(d); c++) { /* out[:, chunk of d] */
+            for (int64_t e = 0; e < experts; e++)
+                for (int64_t j = c * CHUNK; j < CHUNK_END(c, d); j++) {
+                    const float *row = w3 + (e * d + j) * F;
+                    for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
+                        int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
+                        dot_rows_any(rows, row, h + p * F, F, y);
+                        for (int r = 0; r < rows; r++)
+                            out[token[p + r] * d + j] += weight[p + r] * y[r];
+                    }
                 }
-            }
         }
     }
 }
