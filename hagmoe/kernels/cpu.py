@@ -1,9 +1,10 @@
 """The float32 CPU kernels of cpu_kernels.c, compiled once per machine and called through ctypes.
 
 The library is built with the system C compiler (`$CC`, else `cc`) on first use and cached in
-`$HAGMOE_KERNEL_CACHE` (default $XDG_CACHE_HOME/hagmoe/kernels, else ~/.cache/...), keyed by the source, the flags and the
-CPU's feature flags. Where no compiler works, `enabled_for` is False and callers keep their torch
-path; HAGMOE_CPU_KERNELS=0 turns the kernels off. They run only without autograd (serving).
+`$HAGMOE_KERNEL_CACHE` (default `$XDG_CACHE_HOME/hagmoe/kernels`, else `~/.cache/hagmoe/kernels`),
+keyed by the source, the flags and the CPU's feature flags. Where no compiler works, `enabled_for`
+is False and callers keep their torch path; HAGMOE_CPU_KERNELS=0 turns the kernels off. They run
+only without autograd (serving).
 
 Legend: m rows, k inner size, n output columns, P (token, expert) pairs, T tokens, E experts,
 d hidden size, F expert FFN size.
