@@ -33,7 +33,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
-    "hagmoe_moe_swiglu": [_P] * 10 + [_I64, _I64, _I64, _INT],
+    "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_decode_attention": [_P, _P, _P, _P, _P, _P] + [_I64] * 6 + [ctypes.c_float, _I64, _INT],
 }
 
@@ -88,6 +88,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
+    lib.hagmoe_moe_swiglu.restype = ctypes.c_int
     return lib
 
 
@@ -125,40 +126,32 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def moe_swiglu(
-    x: Tensor,
-    token: Tensor,
-    weight: Tensor,
-    counts: Tensor,
-    w1: Tensor,
-    w2: Tensor,
-    w3: Tensor,
+    x: Tensor, experts: Tensor, scores: Tensor, w1: Tensor, w2: Tensor, w3: Tensor
 ) -> Tensor:
-    """sum over pairs p of weight[p] * E_e(x[token[p]]), pairs sorted by expert e, counts [E]
-    pairs per expert; x [T, d], w1/w2 [E, F, d], w3 [E, d, F] -> [T, d]."""
+    """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts / scores [T, K]
+    (expert -1: none), w1/w2 [E, F, d], w3 [E, d, F] -> [T, d]; d, F multiples of LANES."""
     lib = library()
     num_experts, ffn, d = w1.shape
     assert lib is not None and d % LANES == 0 and ffn % LANES == 0
-    xs = x.index_select(0, token)  # [P, d]
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    h, up = x.new_empty(2, token.shape[0], ffn).unbind(0)  # [P, F] each
+    tokens, k = experts.shape
     out = torch.zeros_like(x)  # [T, d]
-    lib.hagmoe_moe_swiglu(
-        _ptr(xs),
-        _ptr(token),
-        _ptr(weight.contiguous()),
-        _ptr(offsets),
+    status = lib.hagmoe_moe_swiglu(
+        _ptr(x.contiguous()),
+        _ptr(experts.contiguous()),
+        _ptr(scores.contiguous()),
+        tokens,
+        k,
         _ptr(w1.contiguous()),
         _ptr(w2.contiguous()),
         _ptr(w3.contiguous()),
-        _ptr(h),
-        _ptr(up),
         _ptr(out),
         num_experts,
         d,
         ffn,
         torch.get_num_threads(),
     )
+    if status != 0:
+        raise MemoryError(f"MoE kernel scratch for {tokens} x {k} pairs")
     return out
 
 

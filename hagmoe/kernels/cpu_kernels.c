@@ -12,6 +12,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LANES 16
@@ -128,15 +129,15 @@ void hagmoe_linear(const float *x, const float *w, const float *bias, float *out
     }
 }
 
-/* One MoE layer's experts E_e(x) = w3[e] (silu(w1[e] x) * (w2[e] x)) over pairs sorted by
- * expert (offsets [E + 1] delimit each expert's pairs):
+/* The SwiGLU experts E_e(x) = w3[e] (silu(w1[e] x) * (w2[e] x)) over pairs sorted by expert
+ * (offsets [E + 1] delimit each expert's pairs):
  *   h [P, F]    = silu(xs @ w1[e]^T) * (xs @ w2[e]^T)   xs [P, d]: each pair's token row
  *   out [T, d] += weight[p] * (h[p] @ w3[e]^T)          at row token[p]
- * w1, w2 [E, F, d], w3 [E, d, F]; up [P, F] is scratch; out must hold zeros (or what to add to). */
-void hagmoe_moe_swiglu(const float *xs, const int64_t *token, const float *weight,
-                       const int64_t *offsets, const float *w1, const float *w2, const float *w3,
-                       float *h, float *up, float *out, int64_t experts, int64_t d, int64_t F,
-                       int threads) {
+ * w1, w2 [E, F, d], w3 [E, d, F]; up [P, F] is scratch. */
+static void swiglu_pairs(const float *xs, const int64_t *token, const float *weight,
+                         const int64_t *offsets, const float *w1, const float *w2,
+                         const float *w3, float *h, float *up, float *out, int64_t experts,
+                         int64_t d, int64_t F, int threads) {
     int64_t pairs = offsets[experts];
 #pragma omp parallel num_threads(threads)
     {
@@ -222,4 +223,40 @@ void hagmoe_decode_attention(const float *q, const float *cache, const int64_t *
             }
         }
     }
+}
+
+/* One MoE layer: out [T, d] += sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d],
+ * experts / scores [T, K] (expert -1: no expert). The (token, expert) pairs are sorted by expert
+ * here (counting sort, tokens in order). Returns 0, or -1 when scratch memory ran out. */
+int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
+                      int64_t k, const float *w1, const float *w2, const float *w3, float *out,
+                      int64_t experts, int64_t d, int64_t F, int threads) {
+    int64_t *offsets = calloc(experts + 2, sizeof *offsets), *token = malloc((tokens * k + 1) * sizeof *token);
+    float *weight = malloc((tokens * k + 1) * sizeof *weight);
+    if (!offsets || !token || !weight) goto fail;
+    for (int64_t i = 0; i < tokens * k; i++)
+        if (chosen[i] >= 0) offsets[chosen[i] + 2]++;
+    for (int64_t e = 0; e < experts; e++) offsets[e + 2] += offsets[e + 1];
+    int64_t pairs = offsets[experts + 1]; /* offsets[e + 1]: next free slot of expert e */
+    float *xs = malloc((pairs * d + 2 * pairs * F + 1) * sizeof *xs);
+    if (!xs) goto fail;
+    for (int64_t i = 0; i < tokens * k; i++) {
+        if (chosen[i] < 0) continue;
+        int64_t p = offsets[chosen[i] + 1]++;
+        token[p] = i / k;
+        weight[p] = scores[i];
+        memcpy(xs + p * d, x + (i / k) * d, d * sizeof *xs);
+    }
+    swiglu_pairs(xs, token, weight, offsets, w1, w2, w3, xs + pairs * d, xs + pairs * (d + F), out,
+                 experts, d, F, threads);
+    free(xs);
+    free(offsets);
+    free(token);
+    free(weight);
+    return 0;
+fail:
+    free(offsets);
+    free(token);
+    free(weight);
+    return -1;
 }

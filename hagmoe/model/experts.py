@@ -29,15 +29,15 @@ class Experts(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
+        if self._use_kernel(x, experts.numel()):
+            return cpu.moe_swiglu(x, experts, scores, self.w1, self.w2, self.w3)
         valid = experts >= 0  # [T, K]
         token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
         expert = experts[valid]  # [P]
         order = torch.argsort(expert, stable=True)
         token, expert, weight = token[order], expert[order], scores[valid][order]
-        counts = torch.bincount(expert, minlength=self.w1.shape[0])  # [N]
-        if self._use_kernel(x, token.shape[0]):
-            return cpu.moe_swiglu(x, token, weight, counts, self.w1, self.w2, self.w3)
-        rows = x[token].split(counts.tolist())  # per expert [count, d], sorted pairs
+        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()  # [N]
+        rows = x[token].split(counts)  # per expert [count, d], sorted pairs
         y = torch.cat(
             [
                 self._ffn(r, self.w1[e], self.w2[e], self.w3[e])
@@ -48,7 +48,8 @@ class Experts(nn.Module):
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
 
     def _use_kernel(self, x: Tensor, num_pairs: int) -> bool:
-        """The CPU kernel wins while experts see few pairs each (decode-sized steps)."""
+        """The CPU kernel wins while experts see few pairs each (decode-sized steps); num_pairs
+        counts the masked (token, k) slots too."""
         n, f, d = self.w1.shape
         return (
             num_pairs <= KERNEL_PAIRS_PER_EXPERT * n

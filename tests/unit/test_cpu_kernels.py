@@ -31,28 +31,28 @@ def no_grad() -> Iterator[None]:
         yield
 
 
-def moe_reference(
-    x: Tensor, token: Tensor, expert: Tensor, weight: Tensor, w: list[Tensor]
-) -> Tensor:
-    """Pair by pair in float64."""
+def moe_reference(x: Tensor, chosen: Tensor, scores: Tensor, w: list[Tensor]) -> Tensor:
+    """Token by token, expert by expert, in float64."""
     x64, (w1, w2, w3) = x.double(), [t.double() for t in w]
     out = torch.zeros_like(x64)
-    for t, e, s in zip(token.tolist(), expert.tolist(), weight.double().tolist(), strict=True):
-        out[t] += s * (w3[e] @ (F.silu(w1[e] @ x64[t]) * (w2[e] @ x64[t])))
+    for t, (es, ss) in enumerate(zip(chosen.tolist(), scores.double().tolist(), strict=True)):
+        for e, s in zip(es, ss, strict=True):
+            if e >= 0:
+                out[t] += s * (w3[e] @ (F.silu(w1[e] @ x64[t]) * (w2[e] @ x64[t])))
     return out
 
 
-def random_pairs(
-    num_tokens: int, num_experts: int, k: int, seed: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """k distinct experts per token, sorted by expert; expert 0 never chosen (an empty one)."""
+def random_routing(num_tokens: int, num_experts: int, k: int, seed: int) -> tuple[Tensor, Tensor]:
+    """k distinct experts per token [T, K], the last one masked (-1) for every third token;
+    expert 0 is never chosen (an empty one). Scores [T, K], 0 where masked."""
     g = torch.Generator().manual_seed(seed)
-    expert = torch.stack(
+    chosen = torch.stack(
         [1 + torch.randperm(num_experts - 1, generator=g)[:k] for _ in range(num_tokens)]
-    ).reshape(-1)
-    token = torch.arange(num_tokens).repeat_interleave(k)
-    order = torch.argsort(expert, stable=True)
-    return token[order], expert[order], torch.rand(num_tokens * k, generator=g)[order]
+    )
+    scores = torch.rand(num_tokens, k, generator=g)
+    if k > 1:
+        chosen[::3, -1], scores[::3, -1] = -1, 0.0
+    return chosen, scores
 
 
 def experts(n: int, f: int, d: int, seed: int) -> list[Tensor]:
@@ -79,9 +79,9 @@ def test_moe_matches_float64(num_tokens: int, k: int) -> None:
     n, f, d = 8, 48, 32
     w = experts(n, f, d, seed=num_tokens)
     x = torch.randn(num_tokens, d, generator=torch.Generator().manual_seed(1))
-    token, expert, weight = random_pairs(num_tokens, n, k, seed=num_tokens)
-    got = cpu.moe_swiglu(x, token, weight, torch.bincount(expert, minlength=n), *w)
-    assert torch.allclose(got.double(), moe_reference(x, token, expert, weight, w), atol=1e-5)
+    chosen, scores = random_routing(num_tokens, n, k, seed=num_tokens)
+    got = cpu.moe_swiglu(x, chosen, scores, *w)
+    assert torch.allclose(got.double(), moe_reference(x, chosen, scores, w), atol=1e-5)
 
 
 def paged_keys(
@@ -157,22 +157,18 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
     n, f, d = 8, 48, 32
     w = experts(n, f, d, seed=0)
     x = torch.randn(20, d, generator=torch.Generator().manual_seed(2))
-    token, expert, weight = random_pairs(20, n, 2, seed=3)
-    counts = torch.bincount(expert, minlength=n)
+    chosen, scores = random_routing(20, n, 2, seed=3)
     threads = torch.get_num_threads()
     try:
         runs = []
         for num_threads in (1, 2):
             torch.set_num_threads(num_threads)
-            runs.append((cpu.moe_swiglu(x, token, weight, counts, *w), cpu.linear(x, w[0][0])))
+            runs.append((cpu.moe_swiglu(x, chosen, scores, *w), cpu.linear(x, w[0][0])))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-    mine = token == 7
-    alone = cpu.moe_swiglu(
-        x, token[mine], weight[mine], torch.bincount(expert[mine], minlength=n), *w
-    )
-    assert torch.equal(alone[7], runs[0][0][7])
+    alone = cpu.moe_swiglu(x[7:8], chosen[7:8], scores[7:8], *w)
+    assert torch.equal(alone[0], runs[0][0][7])
     assert torch.equal(cpu.linear(x[7:8], w[0][0])[0], runs[0][1][7])
 
 
