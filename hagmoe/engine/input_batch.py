@@ -48,14 +48,15 @@ def build_input_batch(
     sampled = [
         (st + s.num_new_tokens - 1, s) for st, s in zip(starts, ordered, strict=True) if s.samples
     ]
-    segments = [
-        _segment(group, group_starts, block_size, device)
+    groups = [
+        (group, group_starts)
         for group, group_starts in (
             (decodes, starts[: len(decodes)]),
             (prefills, starts[len(decodes) :]),
         )
         if group
     ]
+    segments = [_segment(g, st, block_size, device, len(groups) == 1) for g, st in groups]
 
     def to(arrays: list[np.ndarray]) -> Tensor:
         return torch.from_numpy(np.concatenate(arrays)).to(device)
@@ -71,8 +72,14 @@ def build_input_batch(
 
 
 def _segment(
-    group: list[ScheduledRequest], starts: list[int], block_size: int, device: torch.device
+    group: list[ScheduledRequest],
+    starts: list[int],
+    block_size: int,
+    device: torch.device,
+    only_segment: bool,
 ) -> Segment:
+    """The segment of `group`; when it is the step's only one and has no pad rows, its rows are
+    the flat tokens in order, so it takes and puts them by views (no index ops)."""
     b = len(group)
     q = max(s.num_new_tokens for s in group)
     nblocks = [-(-(s.request.num_computed_tokens + s.num_new_tokens) // block_size) for s in group]
@@ -90,9 +97,10 @@ def _segment(
     def to(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a).to(device)
 
+    in_order = only_segment and bool(valid.all())
     return Segment(
         query_pos=to(query_pos),
-        token_index=to(token_index),
+        token_index=None if in_order else to(token_index),
         valid=None if valid.all() else to(valid),
         block_table=to(block_table),
         block_size=block_size,
