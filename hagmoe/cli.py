@@ -83,6 +83,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             _engine_config(args, concurrency),
             naive_requests=args.naive_requests,
             baselines=not args.no_baselines,
+            repeats=args.repeats,
         )
         for r in results:
             ttft = f"{r.ttft_median * 1e3:.0f}ms" if r.ttft_median is not None else "-"
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests for the (slow) naive baseline; default: one batch",
     )
     b.add_argument("--no-baselines", action="store_true")
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the engine and static batching this many times, alternating; report medians",
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", default=None, help="write the results here")
     _engine_args(b)

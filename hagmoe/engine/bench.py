@@ -52,6 +52,7 @@ class BenchResult:
     ttft_median: float | None = None
     latency_median: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    seconds_all: list[float] = field(default_factory=list)  # every repeat; `seconds` the median
 
     @property
     def tokens_per_second(self) -> float:
@@ -103,20 +104,18 @@ def bench(
     config: EngineConfig,
     naive_requests: int | None = None,
     baselines: bool = True,
+    repeats: int = 1,
 ) -> list[BenchResult]:
-    """The engine, then static batching and the naive recompute on the same requests."""
+    """The engine and static batching, alternating `repeats` times (each reported by its median
+    run), then the naive recompute once, on the same requests."""
     config.max_num_seqs = concurrency
-    results = [run_engine(_fresh_engine(model, config), work, concurrency)]
+    engine_runs, static_runs = [], []
+    for _ in range(repeats):
+        engine_runs.append(run_engine(_fresh_engine(model, config), work, concurrency))
+        if baselines:
+            static_runs.append(_run_static(_fresh_engine(model, config), work, concurrency))
+    results = [_median(runs) for runs in (engine_runs, static_runs) if runs]
     if baselines:
-        static = _fresh_engine(model, config)
-        results.append(
-            _timed(
-                "static batching",
-                concurrency,
-                work,
-                lambda: static_batch_generate(static, work.prompts, work.output_lens, concurrency),
-            )
-        )
         naive = work.head(naive_requests or concurrency)
         with torch.inference_mode():
             results.append(
@@ -128,6 +127,22 @@ def bench(
                 )
             )
     return results
+
+
+def _run_static(engine: EngineCore, work: Workload, concurrency: int) -> BenchResult:
+    return _timed(
+        "static batching",
+        concurrency,
+        work,
+        lambda: static_batch_generate(engine, work.prompts, work.output_lens, concurrency),
+    )
+
+
+def _median(runs: list[BenchResult]) -> BenchResult:
+    """The run of median time (the upper middle of an even count), with every run's seconds."""
+    result = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+    result.seconds_all = [r.seconds for r in runs]
+    return result
 
 
 def _fresh_engine(model: HagMoEModel, config: EngineConfig) -> EngineCore:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
 
-KERNEL_PAIRS_PER_EXPERT = 32  # beyond this MKL's GEMMs are as fast (docs/benchmarks.md)
+KERNEL_PAIRS_PER_EXPERT = 32  # (token, k) slots; beyond this MKL's GEMMs are as fast
 
 
 class Experts(nn.Module):

@@ -33,6 +33,8 @@ def test_bench_reports_engine_and_both_baselines(
             "--output-len",
             "3",
             "6",
+            "--repeats",
+            "3",
             "--json",
             str(out),
         ]
@@ -43,6 +45,9 @@ def test_bench_reports_engine_and_both_baselines(
     rows = json.loads(out.read_text())
     assert [r["system"] for r in rows] == ["hagmoe engine", "static batching", "naive recompute"]
     assert rows[0]["output_tokens"] == rows[1]["output_tokens"]
+    for row in rows[:2]:  # engine and static batching: the median of three alternating runs
+        assert len(row["seconds_all"]) == 3 and sorted(row["seconds_all"])[1] == row["seconds"]
+    assert len(rows[2]["seconds_all"]) == 0
     assert all(r["tokens_per_second"] > 0 for r in rows)
 
 
