@@ -1,13 +1,15 @@
 /* Float32 CPU kernels for decode-sized batches, where MKL's small-M GEMM runs far below memory
- * bandwidth: a dense linear and the SwiGLU experts of one MoE layer.
+ * bandwidth: a dense linear, the SwiGLU experts of one MoE layer, and decode attention that
+ * reads K/V in place from the paged cache.
  *
  * Every output element is one dot product, computed in the same order whatever the other rows
  * are (batch-invariant). Threads take chunks of output columns, so no two threads write the
  * same element.
  * Inner dimensions must be multiples of LANES (the Python side checks).
  *
- * Legend: m input rows, k inner size, n output columns, P (token, expert) pairs sorted by expert,
- * d hidden size, F expert FFN size, E experts.
+ * Legend: m input rows, k inner size, n output columns, T tokens, K experts per token,
+ * P (token, expert) pairs sorted by expert, d hidden size, F expert FFN size, E experts,
+ * B sequences, H query heads, L key positions.
  */
 #include <math.h>
 #include <omp.h>
@@ -231,7 +233,8 @@ void hagmoe_decode_attention(const float *q, const float *cache, const int64_t *
 int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
                       int64_t k, const float *w1, const float *w2, const float *w3, float *out,
                       int64_t experts, int64_t d, int64_t F, int threads) {
-    int64_t *offsets = calloc(experts + 2, sizeof *offsets), *token = malloc((tokens * k + 1) * sizeof *token);
+    int64_t *offsets = calloc(experts + 2, sizeof *offsets);
+    int64_t *token = malloc((tokens * k + 1) * sizeof *token);
     float *weight = malloc((tokens * k + 1) * sizeof *weight);
     if (!offsets || !token || !weight) goto fail;
     for (int64_t i = 0; i < tokens * k; i++)
