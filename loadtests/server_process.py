@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +20,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes], url: str, name: str, log: Callable[[], str], timeout: float
+) -> None:
+    """Poll `url` until it answers 200; raise with the process log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready after {timeout}s:\n{log()}")
 
 
 class ServeProcess:
@@ -51,20 +69,12 @@ class ServeProcess:
     def start(self, timeout: float = 120.0) -> ServeProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"hagmoe serve exited with {self.proc.returncode}:\n{self.log()}"
-                )
-            try:
-                if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"hagmoe serve not ready after {timeout:.0f}s:\n{self.log()}")
+        try:
+            wait_until_ready(self.proc, self.url + "/ready", "hagmoe serve", self.log, timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

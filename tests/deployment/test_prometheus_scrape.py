@@ -22,7 +22,9 @@ from deploy_support import (
     grafana_to_promql,
     tool,
 )
-from live_server import ServerProcess, free_port, wait_until_ready
+from live_server import ServerProcess
+
+from loadtests.server_process import free_port, wait_until_ready
 
 START_TIMEOUT = 30.0
 SCRAPE = "1s"

@@ -6,44 +6,22 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from loadtests.server_process import free_port, wait_until_ready
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 
 
-def wait_until_ready(
-    proc: subprocess.Popen[bytes], url: str, name: str, log: Callable[[], str], timeout: float
-) -> None:
-    """Poll `url` until it answers 200; raise with the process log if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} not ready after {timeout}s:\n{log()}")
-
-
 KEYS = ("key-one", "key-from-file")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:
