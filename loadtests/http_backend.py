@@ -91,9 +91,6 @@ class HttpBackend:
             out.error = f"{type(exc).__name__}: {exc}"[:300]
             return out
         timer.finish(out)
-        out.success = out.output_len > 0
-        if not out.success:
-            out.error = "stream ended without tokens"
         return out
 
     def on_event(self, event: dict[str, Any], timer: StreamTimer, out: RequestOutput) -> None:

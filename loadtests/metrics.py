@@ -43,11 +43,15 @@ class StreamTimer:
         self.stamps.append(time.perf_counter())
 
     def finish(self, out: RequestOutput) -> None:
-        """Fill out's ttft, itl and latency (ttft stays 0 when no token arrived)."""
+        """Fill out's ttft, itl and latency (ttft stays 0 when no token arrived), and mark it a
+        success when the stream ended with tokens."""
         out.latency = time.perf_counter() - self.start
         if self.stamps:
             out.ttft = self.stamps[0] - self.start
             out.itl = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        out.success = out.output_len > 0
+        if not out.success:
+            out.error = "stream ended without tokens"
 
 
 def parse_goodput(items: Sequence[str]) -> dict[str, float]:
