@@ -234,13 +234,7 @@ class ModelConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
         """Read config.json; errors name the file."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_config(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -358,3 +352,14 @@ def named_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in NAMED_CONFIGS:
         raise ConfigError(f"unknown config name {name!r}; choose one of {sorted(NAMED_CONFIGS)}")
     return ModelConfig.from_dict({"model_type": MODEL_TYPE, **NAMED_CONFIGS[name], **overrides})
+
+
+def read_json_config(path: str | Path) -> dict[str, Any]:
+    """A config JSON file as a dict; ConfigError naming the file when unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a JSON object")
+    return data

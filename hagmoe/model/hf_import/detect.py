@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from hagmoe.model.config import MODEL_TYPE
-from hagmoe.model.errors import ConfigError
+from hagmoe.model.config import MODEL_TYPE, read_json_config
 
 CONFIG_FILE = "config.json"
 
 
 def read_config_json(folder: str | Path) -> dict[str, Any]:
     """The folder's config.json as a dict; ConfigError naming the file when unreadable."""
-    path = Path(folder) / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must hold a JSON object")
-    return data
+    return read_json_config(Path(folder) / CONFIG_FILE)
 
 
 def hf_model_type(folder: str | Path) -> str | None:
