@@ -28,13 +28,13 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 LANES = 16  # inner sizes must be multiples of this
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
-    "hagmoe_decode_attention": [_P, _P, _P, _P, _P, _P] + [_I64] * 6 + [ctypes.c_float, _I64, _INT],
+    "hagmoe_decode_attention": [_P] * 6 + [_I64] * 6 + [ctypes.c_float, _I64, _I64, _INT],
 }
 
 
@@ -88,7 +88,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
-    lib.hagmoe_moe_swiglu.restype = ctypes.c_int
+    lib.hagmoe_moe_swiglu.restype = lib.hagmoe_decode_attention.restype = ctypes.c_int
     return lib
 
 
@@ -163,26 +163,28 @@ def decode_attention(
     block_size: int,
     num_kv_heads: int,
     window: int | None,
-) -> tuple[Tensor, Tensor]:
+    coarse_heads: int | None,
+) -> tuple[Tensor | None, Tensor]:
     """One query per sequence against its paged keys: q [B, H, hd] (hd a multiple of LANES),
     cache [num_slots, 2*Hkv*hd] (K then V), block_table [B, nb], lengths [B] keys per row.
 
-    Returns probs [B, H, L] (L = nb * block_size, zero past each row's length and before its
-    sliding window) and out [B, H*hd]."""
+    Returns mix and out [B, H*hd]. mix is None without `coarse_heads`, else [B, 2, L]
+    (L = nb * block_size): the attention probabilities averaged over heads [0, coarse_heads)
+    and over the rest, zero past each row's length and before its sliding window."""
     lib = library()
     batch, heads, hd = q.shape
     assert lib is not None and hd % LANES == 0 and cache.is_contiguous()
     q = q.contiguous()
     blocks_per_seq = block_table.shape[1]
-    probs = q.new_empty(batch, heads, blocks_per_seq * block_size)
+    mix = None if coarse_heads is None else q.new_empty(batch, 2, blocks_per_seq * block_size)
     out = q.new_empty(batch, heads * hd)
-    lib.hagmoe_decode_attention(
+    status = lib.hagmoe_decode_attention(
         _ptr(q),
         _ptr(cache),
         _ptr(block_table.contiguous()),
         _ptr(lengths.contiguous()),
         _ptr(out),
-        _ptr(probs),
+        _ptr(mix),
         batch,
         heads,
         num_kv_heads,
@@ -191,6 +193,9 @@ def decode_attention(
         block_size,
         hd**-0.5,
         window or 0,
+        coarse_heads or 0,
         torch.get_num_threads(),
     )
-    return probs, out
+    if status != 0:
+        raise MemoryError(f"decode attention scratch for {heads} x {blocks_per_seq * block_size}")
+    return mix, out

@@ -179,52 +179,78 @@ static void swiglu_pairs(const float *xs, const int64_t *token, const float *wei
     }
 }
 
+/* mix [2, L]: the means of p [H, L] over heads [0, coarse) and [coarse, H), on [first, length);
+ * zero elsewhere. */
+static void head_means(const float *p, float *mix, int64_t heads, int64_t coarse, int64_t keys,
+                       int64_t first, int64_t length) {
+    for (int64_t i = 0; i < 2 * keys; i++) mix[i] = 0.f;
+    for (int64_t h = 0; h < heads; h++) {
+        float *m = mix + (h < coarse ? 0 : keys);
+        for (int64_t j = first; j < length; j++) m[j] += p[h * keys + j];
+    }
+    for (int64_t j = first; j < length; j++) {
+        mix[j] /= (float)coarse;
+        mix[keys + j] /= (float)(heads - coarse);
+    }
+}
+
 /* One query row per sequence against its paged keys (decode), without gathering the cache:
  * for query head h of sequence b, over key positions j in [first, length[b]):
- *   probs[b, h, j] = softmax_j(scale * q[b, h] . K_j),  out[b, h] = sum_j probs[b, h, j] V_j
+ *   p[h, j] = softmax_j(scale * q[b, h] . K_j),  out[b, h] = sum_j p[h, j] V_j
  * where K_j, V_j are the head's slices of cache row table[b][j / bs] * bs + j % bs
  * (rows hold K then V, kv_heads * hd each; query head h reads kv head h / (heads / kv_heads)).
- * first = length - window when a sliding window is set (window > 0). probs is [B, H, L] with
- * L = blocks_per_seq * bs, zero outside [first, length). */
-void hagmoe_decode_attention(const float *q, const float *cache, const int64_t *block_table,
-                             const int64_t *lengths, float *out, float *probs, int64_t batch,
-                             int64_t heads, int64_t kv_heads, int64_t hd, int64_t blocks_per_seq,
-                             int64_t bs, float scale, int64_t window, int threads) {
+ * first = length - window when a sliding window is set (window > 0). When mix is not NULL it
+ * gets the head means the router needs, [B, 2, L] with L = blocks_per_seq * bs: mix[b, 0] over
+ * heads [0, coarse), mix[b, 1] over [coarse, heads), zero outside [first, length).
+ * Returns 0, or -1 when scratch memory ran out. */
+int hagmoe_decode_attention(const float *q, const float *cache, const int64_t *block_table,
+                            const int64_t *lengths, float *out, float *mix, int64_t batch,
+                            int64_t heads, int64_t kv_heads, int64_t hd, int64_t blocks_per_seq,
+                            int64_t bs, float scale, int64_t window, int64_t coarse, int threads) {
     int64_t rep = heads / kv_heads, width = kv_heads * hd, keys = blocks_per_seq * bs;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t b = 0; b < batch; b++) {
-        int64_t length = lengths[b], first = window > 0 && length > window ? length - window : 0;
-        const int64_t *table = block_table + b * blocks_per_seq;
-        const float *qb = q + b * heads * hd;
-        float *pb = probs + b * heads * keys, *ob = out + b * heads * hd;
-        for (int64_t i = 0; i < heads * keys; i++) pb[i] = 0.f;
-        for (int64_t i = 0; i < heads * hd; i++) ob[i] = 0.f;
-        /* scores, row by row of the cache: every head's K slice of position j at once */
-        for (int64_t j = first; j < length; j++) {
-            const float *k = cache + (table[j / bs] * bs + j % bs) * 2 * width;
-            for (int64_t h = 0; h < heads; h++) {
-                vec s = {0};
-                for (int64_t c = 0; c < hd; c += LANES)
-                    s += load(qb + h * hd + c) * load(k + h / rep * hd + c);
-                pb[h * keys + j] = hsum(s) * scale;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *pb = malloc((heads * keys + 1) * sizeof *pb); /* p [H, L] of one sequence */
+        failed = pb == NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < batch; b++) {
+            if (!pb) continue;
+            int64_t length = lengths[b], first = window > 0 && length > window ? length - window : 0;
+            const int64_t *table = block_table + b * blocks_per_seq;
+            const float *qb = q + b * heads * hd;
+            float *ob = out + b * heads * hd;
+            for (int64_t i = 0; i < heads * hd; i++) ob[i] = 0.f;
+            /* scores, row by row of the cache: every head's K slice of position j at once */
+            for (int64_t j = first; j < length; j++) {
+                const float *k = cache + (table[j / bs] * bs + j % bs) * 2 * width;
+                for (int64_t h = 0; h < heads; h++) {
+                    vec s = {0};
+                    for (int64_t c = 0; c < hd; c += LANES)
+                        s += load(qb + h * hd + c) * load(k + h / rep * hd + c);
+                    pb[h * keys + j] = hsum(s) * scale;
+                }
             }
-        }
-        for (int64_t h = 0; h < heads; h++) {
-            float *p = pb + h * keys, top = -INFINITY, total = 0.f;
-            for (int64_t j = first; j < length; j++) top = p[j] > top ? p[j] : top;
-            for (int64_t j = first; j < length; j++) p[j] = exp_approx(p[j] - top);
-            for (int64_t j = first; j < length; j++) total += p[j];
-            for (int64_t j = first; j < length; j++) p[j] /= total;
-        }
-        for (int64_t j = first; j < length; j++) {
-            const float *v = cache + (table[j / bs] * bs + j % bs) * 2 * width + width;
             for (int64_t h = 0; h < heads; h++) {
-                float w = pb[h * keys + j];
-                for (int64_t c = 0; c < hd; c += LANES)
-                    *(vec *)(ob + h * hd + c) += w * load(v + h / rep * hd + c);
+                float *p = pb + h * keys, top = -INFINITY, total = 0.f;
+                for (int64_t j = first; j < length; j++) top = p[j] > top ? p[j] : top;
+                for (int64_t j = first; j < length; j++) p[j] = exp_approx(p[j] - top);
+                for (int64_t j = first; j < length; j++) total += p[j];
+                for (int64_t j = first; j < length; j++) p[j] /= total;
             }
+            for (int64_t j = first; j < length; j++) {
+                const float *v = cache + (table[j / bs] * bs + j % bs) * 2 * width + width;
+                for (int64_t h = 0; h < heads; h++) {
+                    float w = pb[h * keys + j];
+                    for (int64_t c = 0; c < hd; c += LANES)
+                        *(vec *)(ob + h * hd + c) += w * load(v + h / rep * hd + c);
+                }
+            }
+            if (mix) head_means(pb, mix + b * 2 * keys, heads, coarse, keys, first, length);
         }
+        free(pb);
     }
+    return failed ? -1 : 0;
 }
 
 /* One MoE layer: out [T, d] += sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d],

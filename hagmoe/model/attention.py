@@ -72,18 +72,21 @@ class Attention(nn.Module):
             q_seg = seg.take(q)  # [B, Q, H, hd]
             cache = self._decode_cache(q_seg, ctx, layer, seg)
             if cache is not None:
-                probs, o = self._attend_in_cache(q_seg, cache, seg)
+                mix, o = self._attend_in_cache(q_seg, cache, seg)
             else:
                 keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
                 probs, o = self._attend(q_seg, keys, self._mask(seg))
+                mix = self._head_mix(probs)
             seg.put(out, o)
-            if self.keep_head_mix:
-                mixes.append(
-                    HeadMix(
-                        probs[:, : self.num_coarse].mean(1), probs[:, self.num_coarse :].mean(1)
-                    )
-                )
+            if mix is not None:
+                mixes.append(mix)
         return self.o_proj(out), mixes
+
+    def _head_mix(self, probs: Tensor) -> HeadMix | None:
+        """probs [B, H, Q, L] averaged over the coarse and the fine heads (routers that need it)."""
+        if not self.keep_head_mix:
+            return None
+        return HeadMix(probs[:, : self.num_coarse].mean(1), probs[:, self.num_coarse :].mean(1))
 
     def _decode_cache(
         self, q: Tensor, ctx: ForwardContext, layer: int, seg: Segment
@@ -99,10 +102,12 @@ class Attention(nn.Module):
             return ctx.kv_caches[layer][0]
         return None
 
-    def _attend_in_cache(self, q: Tensor, cache: Tensor, seg: Segment) -> tuple[Tensor, Tensor]:
-        """q [B, 1, H, hd] against K/V read in place -> probs [B, H, 1, L], out [B, 1, H*hd]."""
+    def _attend_in_cache(
+        self, q: Tensor, cache: Tensor, seg: Segment
+    ) -> tuple[HeadMix | None, Tensor]:
+        """q [B, 1, H, hd] against K/V read in place -> head mix, out [B, 1, H*hd]."""
         assert seg.block_table is not None
-        probs, out = cpu.decode_attention(
+        mix, out = cpu.decode_attention(
             q[:, 0],
             cache,
             seg.block_table,
@@ -110,8 +115,10 @@ class Attention(nn.Module):
             seg.block_size,
             self.num_kv_heads,
             self.sliding_window,
+            self.num_coarse if self.keep_head_mix else None,
         )
-        return probs.unsqueeze(2), out.unsqueeze(1)
+        head_mix = None if mix is None else HeadMix(mix[:, :1], mix[:, 1:])  # [B, 1, L] each
+        return head_mix, out.unsqueeze(1)
 
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
 
-KERNEL_PAIRS_PER_EXPERT = 32  # (token, k) slots; beyond this MKL's GEMMs are as fast
+KERNEL_PAIRS_PER_EXPERT = 36  # routed pairs per expert on average; beyond, MKL's GEMMs win
 
 
 class Experts(nn.Module):
@@ -29,7 +29,7 @@ class Experts(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
-        if self._use_kernel(x, experts.numel()):
+        if self._use_kernel(x, experts):
             return cpu.moe_swiglu(x, experts, scores, self.w1, self.w2, self.w3)
         valid = experts >= 0  # [T, K]
         token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
@@ -47,15 +47,14 @@ class Experts(nn.Module):
         )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
 
-    def _use_kernel(self, x: Tensor, num_pairs: int) -> bool:
-        """The CPU kernel wins while experts see few pairs each (decode-sized steps); num_pairs
-        counts the masked (token, k) slots too."""
+    def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
+        """The CPU kernel wins while experts see few pairs each (decode and mixed steps)."""
         n, f, d = self.w1.shape
         return (
-            num_pairs <= KERNEL_PAIRS_PER_EXPERT * n
-            and d % cpu.LANES == 0
+            d % cpu.LANES == 0
             and f % cpu.LANES == 0
             and cpu.enabled_for(x)
+            and int((experts >= 0).sum()) <= KERNEL_PAIRS_PER_EXPERT * n
         )
 
     @staticmethod

@@ -105,26 +105,34 @@ def paged_keys(
     return cache, table, rows
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "window"), [(4, 4, None), (8, 2, None), (4, 1, 5)])
-def test_decode_attention_matches_float64(heads: int, kv_heads: int, window: int | None) -> None:
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "window", "coarse"), [(4, 4, None, 2), (8, 2, None, 3), (4, 1, 5, 1)]
+)
+def test_decode_attention_matches_float64(
+    heads: int, kv_heads: int, window: int | None, coarse: int
+) -> None:
     hd, block_size, lengths = 16, 4, [1, 7, 13, 4]
     cache, table, rows = paged_keys(lengths, kv_heads, hd, block_size, seed=heads)
     q = torch.randn(len(lengths), heads, hd, generator=torch.Generator().manual_seed(9))
-    probs, out = cpu.decode_attention(
-        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window
+    mix, out = cpu.decode_attention(
+        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window, coarse
     )
-    assert probs.shape == (len(lengths), heads, table.shape[1] * block_size)
+    assert mix is not None and mix.shape == (len(lengths), 2, table.shape[1] * block_size)
     for b, (n, kv) in enumerate(zip(lengths, rows, strict=True)):
         first = max(0, n - window) if window else 0
         k, v = kv.double().view(n, 2, kv_heads, hd).unbind(1)  # [n, Hkv, hd] each
+        probs = torch.zeros(heads, mix.shape[-1], dtype=torch.float64)
         for h in range(heads):
             g = h // (heads // kv_heads)
-            p = torch.softmax(k[first:, g] @ q[b, h].double() / hd**0.5, dim=0)
-            expected = torch.zeros(probs.shape[-1], dtype=torch.float64)
-            expected[first:n] = p
-            assert torch.allclose(probs[b, h].double(), expected, atol=1e-6)
+            probs[h, first:n] = torch.softmax(k[first:, g] @ q[b, h].double() / hd**0.5, dim=0)
             o = out[b, h * hd : (h + 1) * hd].double()
-            assert torch.allclose(o, p @ v[first:, g], atol=1e-5)
+            assert torch.allclose(o, probs[h, first:n] @ v[first:, g], atol=1e-5)
+        expected = torch.stack((probs[:coarse].mean(0), probs[coarse:].mean(0)))
+        assert torch.allclose(mix[b].double(), expected, atol=1e-6)
+    no_mix, same = cpu.decode_attention(
+        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window, None
+    )
+    assert no_mix is None and torch.equal(same, out)
 
 
 def test_float32_engine_decodes_on_kernels_like_float64_forward() -> None:
