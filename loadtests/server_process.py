@@ -39,6 +39,18 @@ def wait_until_ready(
     raise RuntimeError(f"{name} not ready after {timeout}s:\n{log()}")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds; no-op once exited."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ServeProcess:
     """One `python -m hagmoe.cli serve` on 127.0.0.1; a context manager that always stops it."""
 
@@ -80,14 +92,8 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=30)
 
     def __enter__(self) -> ServeProcess:
         return self.start()

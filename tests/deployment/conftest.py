@@ -15,12 +15,8 @@ import pytest
 from deploy_support import KUBERNETES, ROOT, load_yaml
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from live_server import ServerProcess
+from live_server import ServerProcess, save_tiny_model
 
-from hagmoe.model import Tokenizer, named_config, random_model, save_model
-
-VOCAB = 320
-EOS = 257
 MODEL_NAME = "tiny"
 # What the Kubernetes ConfigMap sets, except where the server must listen (the test's
 # loopback ports) and what it serves (the tiny model): the server must accept all of it.
@@ -62,10 +58,7 @@ def send_traffic(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="session")
 def deploy_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("deploy-tiny-model")
-    config = named_config("tiny", vocab_size=VOCAB, eos_token_id=EOS)
-    save_model(random_model(config, seed=0), folder, tokenizer=Tokenizer.byte_level(VOCAB))
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("deploy-tiny-model"))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from deploy_support import (
 )
 from live_server import ServerProcess
 
-from loadtests.server_process import free_port, wait_until_ready
+from loadtests.server_process import free_port, stop_process, wait_until_ready
 
 START_TIMEOUT = 30.0
 SCRAPE = "1s"
@@ -80,13 +80,7 @@ class PrometheusProcess:
         return result
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
         self._log.close()
 
 

@@ -6,20 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import KEYS, ServerProcess
-
-from hagmoe.model import Tokenizer, named_config, random_model, save_model
-
-VOCAB = 320
-EOS = 257
+from live_server import KEYS, ServerProcess, save_tiny_model
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    config = named_config("tiny", vocab_size=VOCAB, eos_token_id=EOS)
-    save_model(random_model(config, seed=0), folder, tokenizer=Tokenizer.byte_level(VOCAB))
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,18 @@ from typing import Any
 
 import httpx
 
-from loadtests.server_process import free_port, wait_until_ready
+from hagmoe.model import Tokenizer, named_config, random_model, save_model
+from loadtests.server_process import free_port, stop_process, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
+
+
+def save_tiny_model(folder: Path, vocab: int = 320, eos: int = 257) -> Path:
+    """The tests' served model: `tiny`, random weights (seed 0), a byte-level tokenizer."""
+    config = named_config("tiny", vocab_size=vocab, eos_token_id=eos)
+    save_model(random_model(config, seed=0), folder, tokenizer=Tokenizer.byte_level(vocab))
+    return folder
 
 
 KEYS = ("key-one", "key-from-file")
@@ -65,13 +73,7 @@ class ServerProcess:
         self.proc.send_signal(sig)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
         self._log.close()
         return self.proc.returncode
 
