@@ -28,12 +28,13 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 LANES = 16  # inner sizes must be multiples of this
+PANEL = 32  # the MoE kernel's output panel: d must be a multiple of this
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
-    "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _INT],
+    "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_decode_attention": [_P] * 6 + [_I64] * 6 + [ctypes.c_float, _I64, _I64, _INT],
 }
 
@@ -125,14 +126,29 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out
 
 
+def pack_experts(w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, Tensor]:
+    """The MoE kernel's panels of w1/w2 [E, F, d] and w3 [E, d, F] (F a multiple of LANES,
+    d of PANEL): gate_up [E, F/16, d, 32] (16 columns of w1, then of w2, per inner index) and
+    down [E, d/32, F, 32]."""
+    e, f, d = w1.shape
+    assert f % LANES == 0 and d % PANEL == 0
+    gate_up = torch.stack(
+        (w1.reshape(e, f // LANES, LANES, d), w2.reshape(e, f // LANES, LANES, d)), dim=3
+    )  # [E, F/16, 16, 2, d]
+    down = w3.reshape(e, d // PANEL, PANEL, f).transpose(2, 3)  # [E, d/32, F, 32]
+    gate_up = gate_up.permute(0, 1, 4, 3, 2).reshape(e, f // LANES, d, PANEL)
+    return gate_up.contiguous(), down.contiguous()
+
+
 def moe_swiglu(
-    x: Tensor, experts: Tensor, scores: Tensor, w1: Tensor, w2: Tensor, w3: Tensor
+    x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down: Tensor
 ) -> Tensor:
     """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts / scores [T, K]
-    (expert -1: none), w1/w2 [E, F, d], w3 [E, d, F] -> [T, d]; d, F multiples of LANES."""
+    (expert -1: none), with the experts' weights as `pack_experts` made them -> [T, d]."""
     lib = library()
-    num_experts, ffn, d = w1.shape
-    assert lib is not None and d % LANES == 0 and ffn % LANES == 0
+    num_experts, _, d, _ = gate_up.shape
+    ffn = down.shape[2]
+    assert lib is not None and gate_up.is_contiguous() and down.is_contiguous()
     tokens, k = experts.shape
     out = torch.zeros_like(x)  # [T, d]
     status = lib.hagmoe_moe_swiglu(
@@ -141,9 +157,8 @@ def moe_swiglu(
         _ptr(scores.contiguous()),
         tokens,
         k,
-        _ptr(w1.contiguous()),
-        _ptr(w2.contiguous()),
-        _ptr(w3.contiguous()),
+        _ptr(gate_up),
+        _ptr(down),
         _ptr(out),
         num_experts,
         d,

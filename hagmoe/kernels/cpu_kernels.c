@@ -131,51 +131,98 @@ void hagmoe_linear(const float *x, const float *w, const float *bias, float *out
     }
 }
 
+/* Expert weights are packed in panels of PANEL floats per inner index, so a tile streams one
+ * contiguous panel while each input row's value is broadcast against it (no horizontal sums):
+ *   gate_up [E, F / 16, d, 32]: panel j, index c: w1[e, 16j : 16j + 16, c], w2[e, 16j : 16j + 16, c]
+ *   down    [E, d / 32, F, 32]: panel j, index f: w3[e, 32j : 32j + 32, f]
+ * Every output element is summed in the same order (c = 0, 1, ...) whatever the tile's rows. */
+#define PANEL 32
+#define TILE 12 /* input rows per tile: 2 * TILE accumulators */
+
+/* acc0[r], acc1[r] = x[r] . panel[:, 0:16], x[r] . panel[:, 16:32] for R rows (stride ldx). */
+ALWAYS_INLINE void panel_tile(int R, const float *x, int64_t ldx, const float *panel, int64_t k,
+                              vec *acc0, vec *acc1) {
+    vec a0[TILE] = {0}, a1[TILE] = {0};
+    for (int64_t c = 0; c < k; c++) {
+        vec p0 = load(panel + c * PANEL), p1 = load(panel + c * PANEL + LANES);
+        for (int r = 0; r < R; r++) {
+            float xv = x[r * ldx + c];
+            a0[r] += xv * p0;
+            a1[r] += xv * p1;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        acc0[r] = a0[r];
+        acc1[r] = a1[r];
+    }
+}
+
+static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *panel, int64_t k,
+                           vec *acc0, vec *acc1) {
+    switch (rows) {
+#define TILE_CASE(R)                                                                               \
+    case R: panel_tile(R, x, ldx, panel, k, acc0, acc1); break;
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4) TILE_CASE(5) TILE_CASE(6)
+        TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) default:
+        panel_tile(TILE, x, ldx, panel, k, acc0, acc1);
+#undef TILE_CASE
+    }
+}
+
+/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert. */
+static void gate_up_panel(const float *xs, const int64_t *offsets, const float *gate_up, float *h,
+                          int64_t experts, int64_t d, int64_t F, int64_t j) {
+    vec g[TILE], u[TILE];
+    for (int64_t e = 0; e < experts; e++) {
+        const float *panel = gate_up + ((e * (F / LANES)) + j) * d * PANEL;
+        for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
+            int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+            panel_tile_any(rows, xs + p * d, d, panel, d, g, u);
+            for (int r = 0; r < rows; r++) {
+                float *dst = h + (p + r) * F + j * LANES;
+                for (int i = 0; i < LANES; i++)
+                    dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+            }
+        }
+    }
+}
+
+/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32]. */
+static void down_panel(const float *h, const int64_t *token, const float *weight,
+                       const int64_t *offsets, const float *down, float *out, int64_t experts,
+                       int64_t d, int64_t F, int64_t j) {
+    vec y0[TILE], y1[TILE];
+    for (int64_t e = 0; e < experts; e++) {
+        const float *panel = down + ((e * (d / PANEL)) + j) * F * PANEL;
+        for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
+            int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+            panel_tile_any(rows, h + p * F, F, panel, F, y0, y1);
+            for (int r = 0; r < rows; r++) {
+                float *dst = out + token[p + r] * d + j * PANEL;
+                float w = weight[p + r];
+                *(vec *)dst = load(dst) + w * y0[r];
+                *(vec *)(dst + LANES) = load(dst + LANES) + w * y1[r];
+            }
+        }
+    }
+}
+
 /* The SwiGLU experts E_e(x) = w3[e] (silu(w1[e] x) * (w2[e] x)) over pairs sorted by expert
- * (offsets [E + 1] delimit each expert's pairs):
- *   h [P, F]    = silu(xs @ w1[e]^T) * (xs @ w2[e]^T)   xs [P, d]: each pair's token row
- *   out [T, d] += weight[p] * (h[p] @ w3[e]^T)          at row token[p]
- * w1, w2 [E, F, d], w3 [E, d, F]; up [P, F] is scratch. */
+ * (offsets [E + 1] delimit each expert's pairs; xs [P, d] each pair's token row; h [P, F]
+ * scratch). Threads take gate/up panels, then down panels (disjoint output columns). */
 static void swiglu_pairs(const float *xs, const int64_t *token, const float *weight,
-                         const int64_t *offsets, const float *w1, const float *w2,
-                         const float *w3, float *h, float *up, float *out, int64_t experts,
-                         int64_t d, int64_t F, int threads) {
-    int64_t pairs = offsets[experts];
+                         const int64_t *offsets, const float *gate_up, const float *down,
+                         float *h, float *out, int64_t experts, int64_t d, int64_t F,
+                         int threads) {
 #pragma omp parallel num_threads(threads)
     {
-        float g[ROWS], u[ROWS], y[ROWS];
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < CHUNKS(F); c++) { /* h[:, chunk of F] */
-            int64_t lo = c * CHUNK, hi = CHUNK_END(c, F);
-            for (int64_t e = 0; e < experts; e++)
-                for (int64_t f = lo; f < hi; f++) {
-                    const float *a = w1 + (e * F + f) * d, *b = w2 + (e * F + f) * d;
-                    for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
-                        int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
-                        dot2_rows_any(rows, a, b, xs + p * d, d, g, u);
-                        for (int r = 0; r < rows; r++) {
-                            h[(p + r) * F + f] = g[r];
-                            up[(p + r) * F + f] = u[r];
-                        }
-                    }
-                }
-            for (int64_t p = 0; p < pairs; p++)
-                for (int64_t f = lo; f < hi; f++)
-                    h[p * F + f] = h[p * F + f] / (1.f + exp_approx(-h[p * F + f])) * up[p * F + f];
-        } /* implicit barrier: all of h is ready */
+        for (int64_t j = 0; j < F / LANES; j++)
+            gate_up_panel(xs, offsets, gate_up, h, experts, d, F, j);
+        /* implicit barrier: all of h is ready */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < CHUNKS(d); c++) { /* out[:, chunk of d] */
-            for (int64_t e = 0; e < experts; e++)
-                for (int64_t j = c * CHUNK; j < CHUNK_END(c, d); j++) {
-                    const float *row = w3 + (e * d + j) * F;
-                    for (int64_t p = offsets[e]; p < offsets[e + 1]; p += ROWS) {
-                        int rows = offsets[e + 1] - p < ROWS ? (int)(offsets[e + 1] - p) : ROWS;
-                        dot_rows_any(rows, row, h + p * F, F, y);
-                        for (int r = 0; r < rows; r++)
-                            out[token[p + r] * d + j] += weight[p + r] * y[r];
-                    }
-                }
-        }
+        for (int64_t j = 0; j < d / PANEL; j++)
+            down_panel(h, token, weight, offsets, down, out, experts, d, F, j);
     }
 }
 
@@ -257,7 +304,7 @@ int hagmoe_decode_attention(const float *q, const float *cache, const int64_t *b
  * experts / scores [T, K] (expert -1: no expert). The (token, expert) pairs are sorted by expert
  * here (counting sort, tokens in order). Returns 0, or -1 when scratch memory ran out. */
 int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
-                      int64_t k, const float *w1, const float *w2, const float *w3, float *out,
+                      int64_t k, const float *gate_up, const float *down, float *out,
                       int64_t experts, int64_t d, int64_t F, int threads) {
     int64_t *offsets = calloc(experts + 2, sizeof *offsets);
     int64_t *token = malloc((tokens * k + 1) * sizeof *token);
@@ -267,7 +314,7 @@ int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores
         if (chosen[i] >= 0) offsets[chosen[i] + 2]++;
     for (int64_t e = 0; e < experts; e++) offsets[e + 2] += offsets[e + 1];
     int64_t pairs = offsets[experts + 1]; /* offsets[e + 1]: next free slot of expert e */
-    float *xs = malloc((pairs * d + 2 * pairs * F + 1) * sizeof *xs);
+    float *xs = malloc((pairs * d + pairs * F + 1) * sizeof *xs);
     if (!xs) goto fail;
     for (int64_t i = 0; i < tokens * k; i++) {
         if (chosen[i] < 0) continue;
@@ -276,8 +323,8 @@ int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores
         weight[p] = scores[i];
         memcpy(xs + p * d, x + (i / k) * d, d * sizeof *xs);
     }
-    swiglu_pairs(xs, token, weight, offsets, w1, w2, w3, xs + pairs * d, xs + pairs * (d + F), out,
-                 experts, d, F, threads);
+    swiglu_pairs(xs, token, weight, offsets, gate_up, down, xs + pairs * d, out, experts, d, F,
+                 threads);
     free(xs);
     free(offsets);
     free(token);

@@ -74,13 +74,17 @@ def test_linear_matches_float64(rows: int, bias: bool) -> None:
     assert torch.allclose(cpu.linear(x, w, b).double(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("num_tokens", "k"), [(1, 1), (5, 3), (32, 4), (64, 2)])
-def test_moe_matches_float64(num_tokens: int, k: int) -> None:
-    n, f, d = 8, 48, 32
+@pytest.mark.parametrize(
+    ("num_tokens", "k", "f", "d"),
+    [(1, 1, 48, 32), (5, 3, 48, 32), (32, 4, 48, 32), (64, 2, 48, 32), (90, 3, 16, 64)],
+)
+def test_moe_matches_float64(num_tokens: int, k: int, f: int, d: int) -> None:
+    """Experts with 0 to ~40 pairs: row tiles of every size, whole and partial."""
+    n = 8
     w = experts(n, f, d, seed=num_tokens)
     x = torch.randn(num_tokens, d, generator=torch.Generator().manual_seed(1))
     chosen, scores = random_routing(num_tokens, n, k, seed=num_tokens)
-    got = cpu.moe_swiglu(x, chosen, scores, *w)
+    got = cpu.moe_swiglu(x, chosen, scores, *cpu.pack_experts(*w))
     assert torch.allclose(got.double(), moe_reference(x, chosen, scores, w), atol=1e-5)
 
 
@@ -164,6 +168,7 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
     """A row's result is bit-identical alone, among others, and on one or two threads."""
     n, f, d = 8, 48, 32
     w = experts(n, f, d, seed=0)
+    packed = cpu.pack_experts(*w)
     x = torch.randn(20, d, generator=torch.Generator().manual_seed(2))
     chosen, scores = random_routing(20, n, 2, seed=3)
     threads = torch.get_num_threads()
@@ -171,11 +176,11 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
         runs = []
         for num_threads in (1, 2):
             torch.set_num_threads(num_threads)
-            runs.append((cpu.moe_swiglu(x, chosen, scores, *w), cpu.linear(x, w[0][0])))
+            runs.append((cpu.moe_swiglu(x, chosen, scores, *packed), cpu.linear(x, w[0][0])))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-    alone = cpu.moe_swiglu(x[7:8], chosen[7:8], scores[7:8], *w)
+    alone = cpu.moe_swiglu(x[7:8], chosen[7:8], scores[7:8], *packed)
     assert torch.equal(alone[0], runs[0][0][7])
     assert torch.equal(cpu.linear(x[7:8], w[0][0])[0], runs[0][1][7])
 
@@ -224,3 +229,16 @@ def test_unbuildable_kernels_fall_back(monkeypatch: Any, tmp_path: Any) -> None:
         assert cpu.library() is not None and list(tmp_path.glob("cpu_kernels-*.so"))
     finally:
         cpu.library.cache_clear()
+
+
+def test_packed_expert_weights_follow_in_place_updates() -> None:
+    """The kernel's packed copy of the expert weights is rebuilt when they are written."""
+    cfg = named_config("tiny")
+    with torch.inference_mode(False):
+        layer = random_model(cfg, seed=1).layers[0].experts
+    x = torch.randn(6, cfg.hidden_size, generator=torch.Generator().manual_seed(4))
+    chosen, scores = random_routing(6, cfg.num_experts, 2, seed=4)
+    before = layer(x, chosen, scores)
+    with torch.inference_mode(False), torch.no_grad():
+        layer.w3.mul_(2.0)
+    assert torch.allclose(layer(x, chosen, scores), 2 * before, rtol=1e-5, atol=1e-6)
