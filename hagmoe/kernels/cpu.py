@@ -140,9 +140,7 @@ def pack_experts(w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, Tensor]:
     return gate_up.contiguous(), down.contiguous()
 
 
-def moe_swiglu(
-    x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down: Tensor
-) -> Tensor:
+def moe_swiglu(x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts / scores [T, K]
     (expert -1: none), with the experts' weights as `pack_experts` made them -> [T, d]."""
     lib = library()
