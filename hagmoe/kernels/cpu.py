@@ -19,16 +19,19 @@ import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
+P = TypeVar("P")
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-LANES = 16  # inner sizes must be multiples of this
-PANEL = 32  # the MoE kernel's output panel: d must be a multiple of this
+LANES = 16  # vector width; the attention head dim and the expert F must be multiples of it
+PANEL = 32  # output columns per packed panel; the MoE kernel's d must be a multiple of it
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -112,16 +115,35 @@ def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x [m, k] @ weight [n, k]^T (+ bias [n]) -> [m, n]; k a multiple of LANES."""
+def packed(weights: tuple[Tensor, ...], pack: Callable[..., P]) -> P:
+    """pack(*weights), kept on weights[0] until one of them moves or is written in place
+    (inference tensors keep no version: only a move is seen)."""
+    key = (pack, *((w.data_ptr(), -1 if w.is_inference() else w._version) for w in weights))
+    hit = getattr(weights[0], "_hagmoe_packed", None)
+    if hit is None or hit[0] != key:
+        hit = (key, pack(*(w.detach() for w in weights)))
+        setattr(weights[0], "_hagmoe_packed", hit)  # noqa: B010 (Tensor has no such field)
+    return cast(P, hit[1])
+
+
+def pack_linear(weight: Tensor) -> Tensor:
+    """weight [n, k] -> panels [ceil(n/32), k, 32] for `linear` (columns past n are zero)."""
+    n, k = weight.shape
+    panels = -(-n // PANEL)
+    padded = weight.new_zeros(panels * PANEL, k)
+    padded[:n] = weight
+    return padded.view(panels, PANEL, k).transpose(1, 2).contiguous()
+
+
+def linear(x: Tensor, panels: Tensor, n: int, bias: Tensor | None = None) -> Tensor:
+    """x [m, k] @ weight [n, k]^T (+ bias [n]) -> [m, n], weight as `pack_linear` made it."""
     lib = library()
-    assert lib is not None and x.shape[1] % LANES == 0
-    x, weight = x.contiguous(), weight.contiguous()
+    assert lib is not None and panels.is_contiguous()
+    x = x.contiguous()
     m, k = x.shape
-    n = weight.shape[0]
     out = x.new_empty(m, n)
     lib.hagmoe_linear(
-        _ptr(x), _ptr(weight), _ptr(bias), _ptr(out), m, k, n, torch.get_num_threads()
+        _ptr(x), _ptr(panels), _ptr(bias), _ptr(out), m, k, n, torch.get_num_threads()
     )
     return out
 

@@ -1,11 +1,10 @@
-/* Float32 CPU kernels for decode-sized batches, where MKL's small-M GEMM runs far below memory
- * bandwidth: a dense linear, the SwiGLU experts of one MoE layer, and decode attention that
- * reads K/V in place from the paged cache.
+/* Float32 CPU kernels for serving batch sizes, where MKL's GEMMs run well below the machine's
+ * peak: a dense linear and the SwiGLU experts of one MoE layer, both over weights packed in
+ * panels, and decode attention that reads K/V in place from the paged cache.
  *
- * Every output element is one dot product, computed in the same order whatever the other rows
- * are (batch-invariant). Threads take chunks of output columns, so no two threads write the
- * same element.
- * Inner dimensions must be multiples of LANES (the Python side checks).
+ * Every output element is summed in the same order whatever the other rows are (batch-invariant).
+ * Threads take whole output panels (attention: sequences), so no two write the same element.
+ * The MoE sizes and the attention head dim have the alignment the Python side checks.
  *
  * Legend: m input rows, k inner size, n output columns, T tokens, K experts per token,
  * P (token, expert) pairs sorted by expert, d hidden size, F expert FFN size, E experts,
@@ -18,7 +17,6 @@
 #include <string.h>
 
 #define LANES 16
-#define ROWS 8 /* input rows sharing one pass over a weight row */
 
 typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
 
@@ -58,79 +56,6 @@ static inline float exp_approx(float x) {
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* Calls fn(R, ...) with R a compile-time constant equal to min(rows, ROWS). */
-#define WITH_ROWS(rows, fn, ...)                                                                   \
-    switch ((rows) < ROWS ? (rows) : ROWS) {                                                       \
-    case 1: fn(1, __VA_ARGS__); break;                                                             \
-    case 2: fn(2, __VA_ARGS__); break;                                                             \
-    case 3: fn(3, __VA_ARGS__); break;                                                             \
-    case 4: fn(4, __VA_ARGS__); break;                                                             \
-    case 5: fn(5, __VA_ARGS__); break;                                                             \
-    case 6: fn(6, __VA_ARGS__); break;                                                             \
-    case 7: fn(7, __VA_ARGS__); break;                                                             \
-    default: fn(8, __VA_ARGS__); break;                                                            \
-    }
-
-/* dots[i] = w . x[i] for R rows of x (row stride k). */
-ALWAYS_INLINE void dot_rows(int R, const float *w, const float *x, int64_t k, float *dots) {
-    vec s[ROWS] = {0};
-    for (int64_t c = 0; c < k; c += LANES) {
-        vec wv = load(w + c);
-        for (int i = 0; i < R; i++) s[i] += wv * load(x + i * k + c);
-    }
-    for (int i = 0; i < R; i++) dots[i] = hsum(s[i]);
-}
-
-/* g[i] = a . x[i], u[i] = b . x[i] for R rows of x (row stride k), one pass over x. */
-ALWAYS_INLINE void dot2_rows(int R, const float *a, const float *b, const float *x, int64_t k,
-                             float *g, float *u) {
-    vec sa[ROWS] = {0}, sb[ROWS] = {0};
-    for (int64_t c = 0; c < k; c += LANES) {
-        vec av = load(a + c), bv = load(b + c);
-        for (int i = 0; i < R; i++) {
-            vec xv = load(x + i * k + c);
-            sa[i] += av * xv;
-            sb[i] += bv * xv;
-        }
-    }
-    for (int i = 0; i < R; i++) {
-        g[i] = hsum(sa[i]);
-        u[i] = hsum(sb[i]);
-    }
-}
-
-static void dot_rows_any(int rows, const float *w, const float *x, int64_t k, float *dots) {
-    WITH_ROWS(rows, dot_rows, w, x, k, dots)
-}
-
-static void dot2_rows_any(int rows, const float *a, const float *b, const float *x, int64_t k,
-                          float *g, float *u) {
-    WITH_ROWS(rows, dot2_rows, a, b, x, k, g, u)
-}
-
-/* Output columns are handed out in chunks of CHUNK, dynamically: a thread the OS deschedules
- * (2 CPUs shared with the server's event loop) holds up only its current chunk. */
-#define CHUNK 32
-#define CHUNKS(total) (((total) + CHUNK - 1) / CHUNK)
-#define CHUNK_END(c, total) ((c) * CHUNK + CHUNK < (total) ? (c) * CHUNK + CHUNK : (total))
-
-/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL). */
-void hagmoe_linear(const float *x, const float *w, const float *bias, float *out, int64_t m,
-                   int64_t k, int64_t n, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t c = 0; c < CHUNKS(n); c++) {
-        float dots[ROWS];
-        for (int64_t j = c * CHUNK; j < CHUNK_END(c, n); j++) {
-            float b = bias ? bias[j] : 0.f;
-            for (int64_t i = 0; i < m; i += ROWS) {
-                int rows = m - i < ROWS ? (int)(m - i) : ROWS;
-                dot_rows_any(rows, w + j * k, x + i * k, k, dots);
-                for (int r = 0; r < rows; r++) out[(i + r) * n + j] = dots[r] + b;
-            }
-        }
-    }
-}
-
 /* Expert weights are packed in panels of PANEL floats per inner index, so a tile streams one
  * contiguous panel while each input row's value is broadcast against it (no horizontal sums):
  *   gate_up [E, F / 16, d, 32]: panel j, index c: w1[e, 16j : 16j + 16, c], w2[e, 16j : 16j + 16, c]
@@ -166,6 +91,26 @@ static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *p
         TILE_CASE(7) TILE_CASE(8) TILE_CASE(9) TILE_CASE(10) TILE_CASE(11) default:
         panel_tile(TILE, x, ldx, panel, k, acc0, acc1);
 #undef TILE_CASE
+    }
+}
+
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w packed in panels
+ * [ceil(n / 32), k, 32] (panel j, index c: w[32j : 32j + 32, c], zero past n). */
+void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
+                   int64_t k, int64_t n, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t j = 0; j < (n + PANEL - 1) / PANEL; j++) {
+        vec y[2][TILE];
+        int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
+        for (int64_t i = 0; i < m; i += TILE) {
+            int rows = m - i < TILE ? (int)(m - i) : TILE;
+            panel_tile_any(rows, x + i * k, k, panels + j * k * PANEL, k, y[0], y[1]);
+            for (int r = 0; r < rows; r++) {
+                float *dst = out + (i + r) * n + j * PANEL;
+                for (int64_t c = 0; c < cols; c++)
+                    dst[c] = y[c / LANES][r][c % LANES] + (bias ? bias[j * PANEL + c] : 0.f);
+            }
+        }
     }
 }
 

@@ -26,13 +26,12 @@ class Experts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(n, f, d))  # gate projection
         self.w2 = nn.Parameter(torch.empty(n, f, d))  # up projection
         self.w3 = nn.Parameter(torch.empty(n, d, f))  # down projection
-        self._packed: tuple[Tensor, Tensor] | None = None  # the CPU kernel's panels
-        self._packed_from: tuple[tuple[int, int], ...] = ()  # (data_ptr, version) of w1, w2, w3
 
     def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
         if self._use_kernel(x, experts):
-            return cpu.moe_swiglu(x, experts, scores, *self._kernel_weights())
+            packed = cpu.packed((self.w1, self.w2, self.w3), cpu.pack_experts)
+            return cpu.moe_swiglu(x, experts, scores, *packed)
         valid = experts >= 0  # [T, K]
         token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
         expert = experts[valid]  # [P]
@@ -48,18 +47,6 @@ class Experts(nn.Module):
             ]
         )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
-
-    def _kernel_weights(self) -> tuple[Tensor, Tensor]:
-        """The weights packed for the CPU kernel (a second copy), repacked when they move or are
-        written in place (inference tensors keep no version: only a move is seen)."""
-        source = tuple(
-            (w.data_ptr(), -1 if w.is_inference() else w._version)
-            for w in (self.w1, self.w2, self.w3)
-        )
-        if self._packed is None or source != self._packed_from:
-            self._packed = cpu.pack_experts(self.w1.detach(), self.w2.detach(), self.w3.detach())
-            self._packed_from = source
-        return self._packed
 
     def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
         """The CPU kernel wins while experts see few pairs each (decode and mixed steps)."""

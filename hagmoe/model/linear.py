@@ -1,5 +1,6 @@
-"""Linear layers that run decode-sized float32 CPU batches on hagmoe's own kernel, where MKL's
-small-M GEMM reads weights at a fraction of memory bandwidth (docs/benchmarks.md)."""
+"""Linear layers that run serving-sized float32 CPU batches on hagmoe's own kernel over packed
+weight panels, where MKL's small-M GEMM runs well below the machine's peak
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
 
-SMALL_ROWS = 16  # up to this many rows the kernel beats MKL on the CI machine
+KERNEL_ROWS = 128  # up to this many rows the kernel beats MKL on the CI machine
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear(x, weight, bias) for x [m, k]; the CPU kernel takes m <= SMALL_ROWS."""
+    """F.linear(x, weight, bias) for x [m, k]; the CPU kernel takes m <= KERNEL_ROWS when weight
+    is a parameter (its packed copy is kept with it)."""
     if (
         x.dim() == 2
-        and x.shape[0] <= SMALL_ROWS
-        and x.shape[1] % cpu.LANES == 0
+        and x.shape[0] <= KERNEL_ROWS
+        and isinstance(weight, nn.Parameter)
         and cpu.enabled_for(x)
     ):
-        return cpu.linear(x, weight, bias)
+        return cpu.linear(x, cpu.packed((weight,), cpu.pack_linear), weight.shape[0], bias)
     return F.linear(x, weight, bias)
 
 

@@ -64,14 +64,15 @@ def experts(n: int, f: int, d: int, seed: int) -> list[Tensor]:
     ]
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 17])
+@pytest.mark.parametrize("rows", [1, 3, 11, 12, 13, 25])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_matches_float64(rows: int, bias: bool) -> None:
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 48, generator=g), torch.randn(37, 48, generator=g)
     b = torch.randn(37, generator=g) if bias else None
     expected = F.linear(x.double(), w.double(), None if b is None else b.double())
-    assert torch.allclose(cpu.linear(x, w, b).double(), expected, rtol=1e-5, atol=1e-5)
+    got = cpu.linear(x, cpu.pack_linear(w), 37, b)  # 37 columns: the last panel is partial
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
     """A row's result is bit-identical alone, among others, and on one or two threads."""
     n, f, d = 8, 48, 32
     w = experts(n, f, d, seed=0)
-    packed = cpu.pack_experts(*w)
+    packed, w0 = cpu.pack_experts(*w), cpu.pack_linear(w[0][0])
     x = torch.randn(20, d, generator=torch.Generator().manual_seed(2))
     chosen, scores = random_routing(20, n, 2, seed=3)
     threads = torch.get_num_threads()
@@ -176,13 +177,13 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
         runs = []
         for num_threads in (1, 2):
             torch.set_num_threads(num_threads)
-            runs.append((cpu.moe_swiglu(x, chosen, scores, *packed), cpu.linear(x, w[0][0])))
+            runs.append((cpu.moe_swiglu(x, chosen, scores, *packed), cpu.linear(x, w0, f)))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     alone = cpu.moe_swiglu(x[7:8], chosen[7:8], scores[7:8], *packed)
     assert torch.equal(alone[0], runs[0][0][7])
-    assert torch.equal(cpu.linear(x[7:8], w[0][0])[0], runs[0][1][7])
+    assert torch.equal(cpu.linear(x[7:8], w0, f)[0], runs[0][1][7])
 
 
 def test_serving_forward_uses_kernels_and_matches_float64(monkeypatch: Any) -> None:
