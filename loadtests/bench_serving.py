@@ -81,8 +81,8 @@ def make_backend(cfg: ServingConfig) -> Backend:
 async def run_benchmark(cfg: ServingConfig, requests: Sequence[BenchRequest]) -> dict[str, Any]:
     """Warm up, send every request on schedule, and summarize (see metrics.summarize)."""
     backend = make_backend(cfg)
-    await backend.start()
     try:
+        await backend.start()
         for req in requests[: cfg.warmup]:  # reversed prompt: warms the server, not its cache
             await backend.send(BenchRequest(req.prompt[::-1], min(req.output_len, 4)))
         outputs, duration = await drive(backend, cfg, requests)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 from loadtests.metrics import RequestOutput, StreamTimer
 from loadtests.prompts import BenchRequest
@@ -23,7 +23,8 @@ class StreamError(Exception):
 
 
 class HttpBackend:
-    """Streams requests to one server with a pooled httpx.AsyncClient."""
+    """Streams requests to one server over pooled aiohttp connections (a C HTTP parser: the
+    load generator shares the machine with the server it measures)."""
 
     def __init__(
         self,
@@ -37,24 +38,28 @@ class HttpBackend:
         if kind not in ROUTES:
             raise ValueError(f"unknown HTTP backend {kind!r}; choose one of {sorted(ROUTES)}")
         self.kind, self.model = kind, model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
-        self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=30.0),
-            limits=limits,
-        )
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=30.0)
+        self.max_connections = max_connections
+        self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Learn the served model name from /v1/models when an OpenAI route needs it."""
+        """Open the connection pool; learn the served model name from /v1/models when an
+        OpenAI route needs it."""
+        self.session = aiohttp.ClientSession(
+            headers=self.headers,
+            timeout=self.timeout,
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+        )
         if self.kind != "tgi" and self.model is None:
-            response = await self.client.get("/v1/models")
-            response.raise_for_status()
-            self.model = str(response.json()["data"][0]["id"])
+            async with self.session.get(f"{self.base_url}/v1/models") as response:
+                response.raise_for_status()
+                self.model = str((await response.json())["data"][0]["id"])
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()
 
     def body(self, req: BenchRequest) -> dict[str, Any]:
         if self.kind == "tgi":
@@ -73,21 +78,23 @@ class HttpBackend:
         return {**common, "messages": [{"role": "user", "content": req.prompt}]}
 
     async def send(self, req: BenchRequest) -> RequestOutput:
+        assert self.session is not None, "start() first"
         out, timer = RequestOutput(), StreamTimer()
+        url = self.base_url + ROUTES[self.kind]
         try:
-            async with self.client.stream("POST", ROUTES[self.kind], json=self.body(req)) as resp:
-                if resp.status_code != 200:
-                    text = (await resp.aread()).decode(errors="replace")[:200]
-                    out.error = f"HTTP {resp.status_code}: {text}"
+            async with self.session.post(url, json=self.body(req)) as resp:
+                if resp.status != 200:
+                    text = (await resp.read()).decode(errors="replace")[:200]
+                    out.error = f"HTTP {resp.status}: {text}"
                     return out
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
                         continue
-                    payload = line[len("data:") :].strip()
-                    if payload == "[DONE]":
+                    payload = line[len(b"data:") :].strip()
+                    if payload == b"[DONE]":
                         break
                     self.on_event(json.loads(payload), timer, out)
-        except (httpx.HTTPError, StreamError, ValueError, KeyError) as exc:
+        except (TimeoutError, aiohttp.ClientError, StreamError, ValueError, KeyError) as exc:
             out.error = f"{type(exc).__name__}: {exc}"[:300]
             return out
         timer.finish(out)
