@@ -56,8 +56,9 @@ static inline float exp_approx(float x) {
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* Expert weights are packed in panels of PANEL floats per inner index, so a tile streams one
+/* Weights are packed in panels of PANEL floats per inner index, so a tile streams one
  * contiguous panel while each input row's value is broadcast against it (no horizontal sums):
+ *   linear  [ceil(n / 32), k, 32]: panel j, index c: w[32j : 32j + 32, c] (zero past n)
  *   gate_up [E, F / 16, d, 32]: panel j, index c: w1[e, 16j : 16j + 16, c], w2[e, 16j : 16j + 16, c]
  *   down    [E, d / 32, F, 32]: panel j, index f: w3[e, 32j : 32j + 32, f]
  * Every output element is summed in the same order (c = 0, 1, ...) whatever the tile's rows. */
@@ -94,8 +95,7 @@ static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *p
     }
 }
 
-/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w packed in panels
- * [ceil(n / 32), k, 32] (panel j, index c: w[32j : 32j + 32, c], zero past n). */
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in linear panels. */
 void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
                    int64_t k, int64_t n, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
