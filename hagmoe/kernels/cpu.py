@@ -21,10 +21,13 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from hagmoe.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -39,6 +42,8 @@ _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_decode_attention": [_P] * 6 + [_I64] * 6 + [ctypes.c_float, _I64, _I64, _INT],
+    "hagmoe_route_sums": [_P, _P, _I64] + [_P] * 5 + [_I64] * 5,
+    "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
 }
 
 
@@ -234,3 +239,56 @@ def decode_attention(
     if status != 0:
         raise MemoryError(f"decode attention scratch for {heads} x {blocks_per_seq * block_size}")
     return mix, out
+
+
+def route_sums(
+    a_c: Tensor,
+    a_f: Tensor,
+    rv_cache: Tensor,
+    block_table: Tensor,
+    lengths: Tensor,
+    block_size: int,
+    groups: int,
+) -> tuple[Tensor, Tensor]:
+    """The attention router's sums for decode rows over the RV cache [num_slots, G+N] in place:
+    a_c, a_f [B, 1, L] (L = nb * block_size, zero past each row's length), block_table [B, nb],
+    lengths [B] -> z [B, G+N] (a_c over the G group values, a_f over the N expert values) and
+    the coarse entropy [B]."""
+    lib = library()
+    batch, _, keys = a_c.shape
+    assert lib is not None and rv_cache.is_contiguous() and a_c.stride() == a_f.stride()
+    assert a_c.stride(2) == 1 and keys == block_table.shape[1] * block_size
+    width = rv_cache.shape[1]
+    z, entropy = a_c.new_empty(batch, width), a_c.new_empty(batch)
+    lib.hagmoe_route_sums(
+        a_c.data_ptr(), a_f.data_ptr(), a_c.stride(0), _ptr(rv_cache),
+        _ptr(block_table.contiguous()), _ptr(lengths.contiguous()), _ptr(z), _ptr(entropy),
+        batch, groups, width, block_table.shape[1], block_size,
+    )  # fmt: skip
+    return z, entropy
+
+
+def route_decide(
+    z: Tensor,
+    entropy: Tensor,
+    positions: Tensor,
+    config: ModelConfig,
+    entropy_mean: float,
+    k_override: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The attention router's decisions from z [T, G+N], the coarse entropy [T] and positions
+    [T] (AttentionRouter's math): group [T], experts [T, K] (-1 past each token's k), scores
+    [T, K] (0 there), k [T] and the normalised entropy [T]."""
+    lib = library()
+    assert lib is not None
+    t, k_max = z.shape[0], config.k_max
+    group, k = positions.new_empty(t), positions.new_empty(t)
+    experts, scores = positions.new_empty(t, k_max), z.new_empty(t, k_max)
+    norm_entropy = z.new_empty(t)
+    lib.hagmoe_route_decide(
+        _ptr(z.contiguous()), _ptr(entropy.contiguous()), _ptr(positions.contiguous()),
+        _ptr(group), _ptr(experts), _ptr(scores), _ptr(k), _ptr(norm_entropy),
+        t, config.num_groups, config.experts_per_group, config.k_min, k_max,
+        config.entropy_alpha, entropy_mean, k_override or 0,
+    )  # fmt: skip
+    return group, experts, scores, k, norm_entropy

@@ -281,3 +281,68 @@ fail:
     free(weight);
     return -1;
 }
+
+/* The attention router's sums for decode rows (one query each) over their cached routing
+ * values rv [num_slots, G + N], keys j < lengths[b] through block_table [B, nb]:
+ *   z[b, :G] = sum_j a_c[b, j] rv[j, :G],  z[b, G:] = sum_j a_f[b, j] rv[j, G:],
+ *   entropy[b] = -sum_j a_c[b, j] log a_c[b, j]   (0 log 0 = 0)
+ * a_c, a_f rows of length nb * bs, `stride` floats apart. */
+void hagmoe_route_sums(const float *a_c, const float *a_f, int64_t stride, const float *rv,
+                       const int64_t *block_table, const int64_t *lengths, float *z,
+                       float *entropy, int64_t batch, int64_t groups, int64_t width,
+                       int64_t blocks_per_seq, int64_t bs) {
+    for (int64_t b = 0; b < batch; b++) {
+        const float *pc = a_c + b * stride, *pf = a_f + b * stride;
+        const int64_t *table = block_table + b * blocks_per_seq;
+        float *zb = z + b * width, h = 0.f;
+        for (int64_t i = 0; i < width; i++) zb[i] = 0.f;
+        for (int64_t j = 0; j < lengths[b]; j++) {
+            const float *row = rv + (table[j / bs] * bs + j % bs) * width;
+            for (int64_t i = 0; i < groups; i++) zb[i] += pc[j] * row[i];
+            for (int64_t i = groups; i < width; i++) zb[i] += pf[j] * row[i];
+            if (pc[j] > 0.f) h -= pc[j] * logf(pc[j]);
+        }
+        entropy[b] = h;
+    }
+}
+
+/* The attention router's decisions (MODEL.md) from z [T, G + N] (z_g, then every group's expert
+ * logits), the coarse entropy [T] and each token's position [T]:
+ *   group[t] = argmax z_g (first on ties), p = softmax of the group's M expert logits,
+ *   hn[t] = entropy / log(pos + 1) (0 at pos 0),
+ *   k[t] = clamp(k_min + floor((k_max - k_min) sigmoid(alpha (hn - mu))), k_min, k_max),
+ *   or k_fixed when > 0; experts / scores [T, k_max]: the k best of p (ties: lower index) as
+ *   global ids, then -1 / 0. */
+void hagmoe_route_decide(const float *z, const float *entropy, const int64_t *positions,
+                         int64_t *group, int64_t *experts, float *scores, int64_t *k_out,
+                         float *hn_out, int64_t tokens, int64_t groups, int64_t per_group,
+                         int64_t k_min, int64_t k_max, float alpha, float mu, int64_t k_fixed) {
+    float p[per_group];
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *zt = z + t * (groups + groups * per_group);
+        int64_t g = 0;
+        for (int64_t i = 1; i < groups; i++) g = zt[i] > zt[g] ? i : g;
+        const float *ze = zt + groups + g * per_group;
+        float top = ze[0], total = 0.f;
+        for (int64_t i = 1; i < per_group; i++) top = ze[i] > top ? ze[i] : top;
+        for (int64_t i = 0; i < per_group; i++) total += p[i] = expf(ze[i] - top);
+        for (int64_t i = 0; i < per_group; i++) p[i] /= total;
+        float hn = positions[t] >= 1 ? entropy[t] / logf((float)(positions[t] + 1)) : 0.f;
+        int64_t k = k_fixed;
+        if (k <= 0) {
+            float gate = 1.f / (1.f + expf(-alpha * (hn - mu)));
+            k = k_min + (int64_t)floorf((float)(k_max - k_min) * gate);
+            k = k < k_min ? k_min : (k > k_max ? k_max : k);
+        }
+        group[t] = g, k_out[t] = k, hn_out[t] = hn;
+        for (int64_t slot = 0; slot < k_max; slot++) { /* selection: best remaining, lowest index */
+            int64_t best = -1;
+            for (int64_t i = 0; i < per_group; i++)
+                if (p[i] >= 0.f && (best < 0 || p[i] > p[best])) best = i;
+            int use = slot < k && best >= 0;
+            experts[t * k_max + slot] = use ? g * per_group + best : -1;
+            scores[t * k_max + slot] = use ? p[best] : 0.f;
+            if (best >= 0) p[best] = -1.f;
+        }
+    }
+}

@@ -11,9 +11,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hagmoe.kernels import cpu
 from hagmoe.model.attention import HeadMix
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext
+from hagmoe.model.context import ForwardContext, Segment
 from hagmoe.model.linear import Linear, linear
 from hagmoe.model.routing import LayerRouting
 
@@ -73,22 +74,27 @@ class AttentionRouter(nn.Module):
         t, g, m = u.shape[0], cfg.num_groups, cfg.experts_per_group
         rv = self.routing_values(u)  # [T, G+N]
         ctx.write(layer, 1, rv)
-        z_g, z_all = u.new_empty(t, g), u.new_empty(t, g * m)
+        z = u.new_empty(t, g + g * m)  # [T, G+N]: z_g, then every group's expert logits
         entropy = u.new_empty(t)
         divergence = u.new_empty(t) if ctx.return_aux else None
         for seg, mix in zip(ctx.segments, mixes, strict=True):
-            rv_keys = ctx.read(layer, seg, 1, rv)  # [B, L, G+N]
             a_c, a_f = mix.coarse, mix.fine  # [B, Q, L]
             if divergence is not None:
                 seg.put(divergence, _kl_rows(a_c, a_f))
             if ctx.detach_routing_attention:
                 a_c, a_f = a_c.detach(), a_f.detach()
-            seg.put(z_g, a_c @ rv_keys[..., :g])
-            seg.put(z_all, a_f @ rv_keys[..., g:])
-            seg.put(entropy, -torch.xlogy(a_c, a_c).sum(-1).detach())
+            z_seg, entropy_seg = self._sums(a_c, a_f, rv, ctx, layer, seg)
+            seg.put(z, z_seg)
+            seg.put(entropy, entropy_seg)
+        if cpu.enabled_for(z) and not ctx.return_aux:
+            group, experts, scores, k, norm_entropy = cpu.route_decide(
+                z, entropy, ctx.positions, cfg, float(self.entropy_mean), ctx.k_override
+            )
+            return LayerRouting(group, experts, scores, k, norm_entropy)
+        z_g = z[:, :g]
         group = z_g.argmax(dim=-1)  # [T]; ties -> lowest index
         z_e = (
-            z_all.view(t, g, m).gather(1, group[:, None, None].expand(t, 1, m)).squeeze(1)
+            z[:, g:].view(t, g, m).gather(1, group[:, None, None].expand(t, 1, m)).squeeze(1)
         )  # [T, M]
         p = torch.softmax(z_e, dim=-1)
         norm_entropy = self.normalised_entropy(entropy, ctx.positions)
@@ -105,6 +111,27 @@ class AttentionRouter(nn.Module):
             expert_logits=z_e if ctx.return_aux else None,
             divergence=divergence,
         )
+
+    def _sums(
+        self, a_c: Tensor, a_f: Tensor, rv: Tensor, ctx: ForwardContext, layer: int, seg: Segment
+    ) -> tuple[Tensor, Tensor]:
+        """A segment's z [B, Q, G+N] (a_c over z_g's values, a_f over the experts') and coarse
+        entropy [B, Q]; decode rows in paged mode read the RV cache in place on the CPU."""
+        g = self.config.num_groups
+        if (
+            a_c.shape[1] == 1
+            and ctx.kv_caches is not None
+            and seg.block_table is not None
+            and cpu.enabled_for(a_c)
+        ):
+            z, entropy = cpu.route_sums(
+                a_c, a_f, ctx.kv_caches[layer][1], seg.block_table, seg.query_pos[:, 0] + 1,
+                seg.block_size, g,
+            )  # fmt: skip
+            return z.unsqueeze(1), entropy.unsqueeze(1)
+        rv_keys = ctx.read(layer, seg, 1, rv)  # [B, L, G+N]
+        z = torch.cat((a_c @ rv_keys[..., :g], a_f @ rv_keys[..., g:]), dim=-1)
+        return z, -torch.xlogy(a_c, a_c).sum(-1).detach()
 
     @staticmethod
     def normalised_entropy(entropy: Tensor, positions: Tensor) -> Tensor:

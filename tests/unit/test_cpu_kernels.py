@@ -19,6 +19,7 @@ from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.kernels import cpu, openmp
 from hagmoe.model import named_config, random_model
+from hagmoe.model.router import top_experts
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine"
@@ -243,3 +244,56 @@ def test_packed_expert_weights_follow_in_place_updates() -> None:
     with torch.inference_mode(False), torch.no_grad():
         layer.w3.mul_(2.0)
     assert torch.allclose(layer(x, chosen, scores), 2 * before, rtol=1e-5, atol=1e-6)
+
+
+def test_route_sums_match_float64() -> None:
+    """Decode rows' router sums over a shuffled paged RV cache, against float64."""
+    groups, experts_n, block_size, lengths = 3, 6, 4, [1, 5, 9]
+    g = torch.Generator().manual_seed(6)
+    width = groups + experts_n
+    cache, table, rows = paged_keys(lengths, 1, width, block_size, seed=6)
+    rv_cache = cache[:, :width].contiguous()  # [slots, G+N]
+    keys = table.shape[1] * block_size
+    mix = torch.zeros(len(lengths), 2, keys)
+    for b, n in enumerate(lengths):
+        mix[b, :, :n] = torch.softmax(torch.randn(2, n, generator=g), dim=-1)
+    mix[1, 0, 2] = 0.0  # a zero probability adds nothing to the entropy
+    z, entropy = cpu.route_sums(
+        mix[:, :1], mix[:, 1:], rv_cache, table, torch.tensor(lengths), block_size, groups
+    )
+    for b, n in enumerate(lengths):
+        a_c, a_f = mix[b, 0, :n].double(), mix[b, 1, :n].double()
+        rv = rows[b][:, :width].double()  # [n, G+N]
+        expected = torch.cat((a_c @ rv[:, :groups], a_f @ rv[:, groups:]))
+        assert torch.allclose(z[b].double(), expected, atol=1e-6)
+        h = -torch.xlogy(a_c, a_c).sum()
+        assert torch.allclose(entropy[b].double(), h, atol=1e-6)
+
+
+@pytest.mark.parametrize("k_override", [None, 2])
+def test_route_decide_matches_torch_path(k_override: int | None) -> None:
+    """Group, K, experts (best first, lower index on ties) and scores, against the router's
+    torch math in the same dtype (K's floor is discrete: float64 would round the gate
+    differently near 1); position 0 has normalised entropy 0."""
+    cfg = named_config("bench")
+    router = random_model(cfg, seed=2).layers[0].router
+    g, m, t = cfg.num_groups, cfg.experts_per_group, 200
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(t, g + g * m, generator=gen)
+    z[5, g + 4 * 0 : g + 4] = 0.5  # ties inside the chosen group's logits
+    z[5, :g] = torch.tensor([3.0, 0.0, 0.0, 0.0])
+    entropy = torch.rand(t, generator=gen) * 4
+    positions = torch.randint(0, 300, (t,), generator=gen)
+    positions[:3] = 0
+    group, experts, scores, k, hn = cpu.route_decide(z, entropy, positions, cfg, 0.3, k_override)
+    want_group = z[:, :g].argmax(-1)
+    z_e = z[:, g:].view(t, g, m)[torch.arange(t), want_group]
+    want_hn = router.normalised_entropy(entropy, positions)
+    router.entropy_mean.fill_(0.3)
+    want_k = router.cardinality(want_hn, k_override)
+    local, want_scores = top_experts(torch.softmax(z_e, -1), cfg.k_max, want_k)
+    assert torch.equal(group, want_group) and torch.equal(k, want_k)
+    assert torch.allclose(hn, want_hn, rtol=1e-6)
+    assert torch.equal(experts, torch.where(local >= 0, want_group[:, None] * m + local, -1))
+    assert torch.equal(experts[5, :2], torch.tensor([0, 1])) or k[5] < 2
+    assert torch.allclose(scores, want_scores, atol=1e-6)
