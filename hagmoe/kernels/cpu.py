@@ -41,8 +41,8 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "hagmoe_linear": [_P, _P, _P, _P, _I64, _I64, _I64, _INT],
     "hagmoe_moe_swiglu": [_P, _P, _P, _I64, _I64, _P, _P, _P, _I64, _I64, _I64, _INT],
-    "hagmoe_decode_attention": [_P] * 6 + [_I64] * 6 + [ctypes.c_float, _I64, _I64, _INT],
-    "hagmoe_route_sums": [_P, _P, _I64] + [_P] * 5 + [_I64] * 5,
+    "hagmoe_paged_attention": [_P] * 7 + [_I64] * 7 + [ctypes.c_float, _I64, _I64, _INT],
+    "hagmoe_route_sums": [_P, _P, _I64, _I64] + [_P] * 6 + [_I64] * 6,
     "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
 }
 
@@ -97,7 +97,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
-    lib.hagmoe_moe_swiglu.restype = lib.hagmoe_decode_attention.restype = ctypes.c_int
+    lib.hagmoe_moe_swiglu.restype = lib.hagmoe_paged_attention.restype = ctypes.c_int
     return lib
 
 
@@ -116,7 +116,7 @@ def enabled_for(x: Tensor) -> bool:
 def _ptr(t: Tensor | None) -> int | None:
     if t is None:
         return None
-    assert t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
+    assert t.is_contiguous() and t.dtype in (torch.float32, torch.int64, torch.bool)
     return t.data_ptr()
 
 
@@ -195,49 +195,40 @@ def moe_swiglu(x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down
     return out
 
 
-def decode_attention(
+def paged_attention(
     q: Tensor,
     cache: Tensor,
     block_table: Tensor,
-    lengths: Tensor,
+    query_pos: Tensor,
+    valid: Tensor | None,
     block_size: int,
     num_kv_heads: int,
     window: int | None,
     coarse_heads: int | None,
 ) -> tuple[Tensor | None, Tensor]:
-    """One query per sequence against its paged keys: q [B, H, hd] (hd a multiple of LANES),
-    cache [num_slots, 2*Hkv*hd] (K then V), block_table [B, nb], lengths [B] keys per row.
+    """Query rows against their sequences' paged keys: q [B, Q, H, hd] (hd a multiple of LANES)
+    at positions query_pos [B, Q] (valid [B, Q]: real rows, None: all), cache
+    [num_slots, 2*Hkv*hd] (K then V), block_table [B, nb].
 
-    Returns mix and out [B, H*hd]. mix is None without `coarse_heads`, else [B, 2, L]
+    Returns mix and out [B, Q, H*hd]. mix is None without `coarse_heads`, else [B, Q, 2, L]
     (L = nb * block_size): the attention probabilities averaged over heads [0, coarse_heads)
-    and over the rest, zero past each row's length and before its sliding window."""
+    and over the rest, zero past each row's position and before its sliding window."""
     lib = library()
-    batch, heads, hd = q.shape
+    batch, rows, heads, hd = q.shape
     assert lib is not None and hd % LANES == 0 and cache.is_contiguous()
     q = q.contiguous()
     blocks_per_seq = block_table.shape[1]
-    mix = None if coarse_heads is None else q.new_empty(batch, 2, blocks_per_seq * block_size)
-    out = q.new_empty(batch, heads * hd)
-    status = lib.hagmoe_decode_attention(
-        _ptr(q),
-        _ptr(cache),
-        _ptr(block_table.contiguous()),
-        _ptr(lengths.contiguous()),
-        _ptr(out),
-        _ptr(mix),
-        batch,
-        heads,
-        num_kv_heads,
-        hd,
-        blocks_per_seq,
-        block_size,
-        hd**-0.5,
-        window or 0,
-        coarse_heads or 0,
-        torch.get_num_threads(),
-    )
+    keys = blocks_per_seq * block_size
+    mix = None if coarse_heads is None else q.new_empty(batch, rows, 2, keys)
+    out = q.new_empty(batch, rows, heads * hd)
+    status = lib.hagmoe_paged_attention(
+        _ptr(q), _ptr(cache), _ptr(block_table.contiguous()), _ptr(query_pos.contiguous()),
+        _ptr(None if valid is None else valid.contiguous()), _ptr(out), _ptr(mix),
+        batch, rows, heads, num_kv_heads, hd, blocks_per_seq, block_size,
+        hd**-0.5, window or 0, coarse_heads or 0, torch.get_num_threads(),
+    )  # fmt: skip
     if status != 0:
-        raise MemoryError(f"decode attention scratch for {heads} x {blocks_per_seq * block_size}")
+        raise MemoryError(f"paged attention scratch for {heads} x {keys}")
     return mix, out
 
 
@@ -246,24 +237,26 @@ def route_sums(
     a_f: Tensor,
     rv_cache: Tensor,
     block_table: Tensor,
-    lengths: Tensor,
+    query_pos: Tensor,
+    valid: Tensor | None,
     block_size: int,
     groups: int,
 ) -> tuple[Tensor, Tensor]:
-    """The attention router's sums for decode rows over the RV cache [num_slots, G+N] in place:
-    a_c, a_f [B, 1, L] (L = nb * block_size, zero past each row's length), block_table [B, nb],
-    lengths [B] -> z [B, G+N] (a_c over the G group values, a_f over the N expert values) and
-    the coarse entropy [B]."""
+    """The attention router's sums over the RV cache [num_slots, G+N] in place, for query rows at
+    positions query_pos [B, Q] (valid [B, Q]: real rows, None: all): a_c, a_f [B, Q, L]
+    (L = nb * block_size, zero past each row's position), block_table [B, nb] -> z [B, Q, G+N]
+    (a_c over the G group values, a_f over the N expert values) and the coarse entropy [B, Q]."""
     lib = library()
-    batch, _, keys = a_c.shape
+    batch, rows, keys = a_c.shape
     assert lib is not None and rv_cache.is_contiguous() and a_c.stride() == a_f.stride()
     assert a_c.stride(2) == 1 and keys == block_table.shape[1] * block_size
     width = rv_cache.shape[1]
-    z, entropy = a_c.new_empty(batch, width), a_c.new_empty(batch)
+    z, entropy = a_c.new_empty(batch, rows, width), a_c.new_empty(batch, rows)
     lib.hagmoe_route_sums(
-        a_c.data_ptr(), a_f.data_ptr(), a_c.stride(0), _ptr(rv_cache),
-        _ptr(block_table.contiguous()), _ptr(lengths.contiguous()), _ptr(z), _ptr(entropy),
-        batch, groups, width, block_table.shape[1], block_size,
+        a_c.data_ptr(), a_f.data_ptr(), a_c.stride(0), a_c.stride(1), _ptr(rv_cache),
+        _ptr(block_table.contiguous()), _ptr(query_pos.contiguous()),
+        _ptr(None if valid is None else valid.contiguous()), _ptr(z), _ptr(entropy),
+        batch, rows, groups, width, block_table.shape[1], block_size,
     )  # fmt: skip
     return z, entropy
 

@@ -186,40 +186,47 @@ static void head_means(const float *p, float *mix, int64_t heads, int64_t coarse
     }
 }
 
-/* One query row per sequence against its paged keys (decode), without gathering the cache:
- * for query head h of sequence b, over key positions j in [first, length[b]):
- *   p[h, j] = softmax_j(scale * q[b, h] . K_j),  out[b, h] = sum_j p[h, j] V_j
+/* Query rows against their sequences' paged keys, without gathering the cache. Row r = (b, i) of
+ * q [B, Q, H, hd] sits at position pos = query_pos[b, i] and sees key positions j in
+ * [first, pos], first = pos + 1 - window when a sliding window is set (window > 0):
+ *   p[h, j] = softmax_j(scale * q[r, h] . K_j),  out[r, h] = sum_j p[h, j] V_j
  * where K_j, V_j are the head's slices of cache row table[b][j / bs] * bs + j % bs
  * (rows hold K then V, kv_heads * hd each; query head h reads kv head h / (heads / kv_heads)).
- * first = length - window when a sliding window is set (window > 0). When mix is not NULL it
- * gets the head means the router needs, [B, 2, L] with L = blocks_per_seq * bs: mix[b, 0] over
- * heads [0, coarse), mix[b, 1] over [coarse, heads), zero outside [first, length).
+ * When mix is not NULL it gets the head means the router needs, [B, Q, 2, L] with
+ * L = blocks_per_seq * bs: over heads [0, coarse), then [coarse, heads), zero outside
+ * [first, pos]. Rows with valid[r] == 0 (valid may be NULL: all rows) are zero.
  * Returns 0, or -1 when scratch memory ran out. */
-int hagmoe_decode_attention(const float *q, const float *cache, const int64_t *block_table,
-                            const int64_t *lengths, float *out, float *mix, int64_t batch,
-                            int64_t heads, int64_t kv_heads, int64_t hd, int64_t blocks_per_seq,
-                            int64_t bs, float scale, int64_t window, int64_t coarse, int threads) {
+int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *block_table,
+                           const int64_t *query_pos, const uint8_t *valid, float *out, float *mix,
+                           int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,
+                           int64_t hd, int64_t blocks_per_seq, int64_t bs, float scale,
+                           int64_t window, int64_t coarse, int threads) {
     int64_t rep = heads / kv_heads, width = kv_heads * hd, keys = blocks_per_seq * bs;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *pb = malloc((heads * keys + 1) * sizeof *pb); /* p [H, L] of one sequence */
+        float *pb = malloc((heads * keys + 1) * sizeof *pb); /* p [H, L] of one row */
         failed = pb == NULL;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < batch; b++) {
+        for (int64_t r = 0; r < batch * rows; r++) {
             if (!pb) continue;
-            int64_t length = lengths[b], first = window > 0 && length > window ? length - window : 0;
-            const int64_t *table = block_table + b * blocks_per_seq;
-            const float *qb = q + b * heads * hd;
-            float *ob = out + b * heads * hd;
-            for (int64_t i = 0; i < heads * hd; i++) ob[i] = 0.f;
+            const float *qr = q + r * heads * hd;
+            float *orow = out + r * heads * hd, *mrow = mix ? mix + r * 2 * keys : NULL;
+            for (int64_t i = 0; i < heads * hd; i++) orow[i] = 0.f;
+            if (valid && !valid[r]) {
+                if (mrow) memset(mrow, 0, 2 * keys * sizeof *mrow);
+                continue;
+            }
+            int64_t length = query_pos[r] + 1;
+            int64_t first = window > 0 && length > window ? length - window : 0;
+            const int64_t *table = block_table + (r / rows) * blocks_per_seq;
             /* scores, row by row of the cache: every head's K slice of position j at once */
             for (int64_t j = first; j < length; j++) {
                 const float *k = cache + (table[j / bs] * bs + j % bs) * 2 * width;
                 for (int64_t h = 0; h < heads; h++) {
                     vec s = {0};
                     for (int64_t c = 0; c < hd; c += LANES)
-                        s += load(qb + h * hd + c) * load(k + h / rep * hd + c);
+                        s += load(qr + h * hd + c) * load(k + h / rep * hd + c);
                     pb[h * keys + j] = hsum(s) * scale;
                 }
             }
@@ -235,10 +242,10 @@ int hagmoe_decode_attention(const float *q, const float *cache, const int64_t *b
                 for (int64_t h = 0; h < heads; h++) {
                     float w = pb[h * keys + j];
                     for (int64_t c = 0; c < hd; c += LANES)
-                        *(vec *)(ob + h * hd + c) += w * load(v + h / rep * hd + c);
+                        *(vec *)(orow + h * hd + c) += w * load(v + h / rep * hd + c);
                 }
             }
-            if (mix) head_means(pb, mix + b * 2 * keys, heads, coarse, keys, first, length);
+            if (mrow) head_means(pb, mrow, heads, coarse, keys, first, length);
         }
         free(pb);
     }
@@ -282,27 +289,32 @@ fail:
     return -1;
 }
 
-/* The attention router's sums for decode rows (one query each) over their cached routing
- * values rv [num_slots, G + N], keys j < lengths[b] through block_table [B, nb]:
- *   z[b, :G] = sum_j a_c[b, j] rv[j, :G],  z[b, G:] = sum_j a_f[b, j] rv[j, G:],
- *   entropy[b] = -sum_j a_c[b, j] log a_c[b, j]   (0 log 0 = 0)
- * a_c, a_f rows of length nb * bs, `stride` floats apart. */
-void hagmoe_route_sums(const float *a_c, const float *a_f, int64_t stride, const float *rv,
-                       const int64_t *block_table, const int64_t *lengths, float *z,
-                       float *entropy, int64_t batch, int64_t groups, int64_t width,
-                       int64_t blocks_per_seq, int64_t bs) {
-    for (int64_t b = 0; b < batch; b++) {
-        const float *pc = a_c + b * stride, *pf = a_f + b * stride;
+/* The attention router's sums for query rows r = (b, i) at positions query_pos [B, Q] over their
+ * sequences' cached routing values rv [num_slots, G + N], keys j <= pos through
+ * block_table [B, nb]:
+ *   z[r, :G] = sum_j a_c[r, j] rv[j, :G],  z[r, G:] = sum_j a_f[r, j] rv[j, G:],
+ *   entropy[r] = -sum_j a_c[r, j] log a_c[r, j]   (0 log 0 = 0)
+ * a_c, a_f rows of length nb * bs at b * stride_b + i * stride_q; rows with valid[r] == 0
+ * (valid may be NULL) are zero. */
+void hagmoe_route_sums(const float *a_c, const float *a_f, int64_t stride_b, int64_t stride_q,
+                       const float *rv, const int64_t *block_table, const int64_t *query_pos,
+                       const uint8_t *valid, float *z, float *entropy, int64_t batch,
+                       int64_t rows, int64_t groups, int64_t width, int64_t blocks_per_seq,
+                       int64_t bs) {
+    for (int64_t r = 0; r < batch * rows; r++) {
+        int64_t b = r / rows, i = r % rows;
+        const float *pc = a_c + b * stride_b + i * stride_q, *pf = a_f + b * stride_b + i * stride_q;
         const int64_t *table = block_table + b * blocks_per_seq;
-        float *zb = z + b * width, h = 0.f;
-        for (int64_t i = 0; i < width; i++) zb[i] = 0.f;
-        for (int64_t j = 0; j < lengths[b]; j++) {
+        float *zr = z + r * width, h = 0.f;
+        for (int64_t c = 0; c < width; c++) zr[c] = 0.f;
+        int64_t length = valid && !valid[r] ? 0 : query_pos[r] + 1;
+        for (int64_t j = 0; j < length; j++) {
             const float *row = rv + (table[j / bs] * bs + j % bs) * width;
-            for (int64_t i = 0; i < groups; i++) zb[i] += pc[j] * row[i];
-            for (int64_t i = groups; i < width; i++) zb[i] += pf[j] * row[i];
+            for (int64_t c = 0; c < groups; c++) zr[c] += pc[j] * row[c];
+            for (int64_t c = groups; c < width; c++) zr[c] += pf[j] * row[c];
             if (pc[j] > 0.f) h -= pc[j] * logf(pc[j]);
         }
-        entropy[b] = h;
+        entropy[r] = h;
     }
 }
 

@@ -21,6 +21,8 @@ from hagmoe.model.context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
 from hagmoe.model.rope import apply_rope, rope_cos_sin
 
+KERNEL_QUERY_ROWS = 128  # per sequence; longer chunks attend by batched GEMMs
+
 
 @dataclass(slots=True)
 class HeadMix:
@@ -70,7 +72,7 @@ class Attention(nn.Module):
         mixes = []
         for seg in ctx.segments:
             q_seg = seg.take(q)  # [B, Q, H, hd]
-            cache = self._decode_cache(q_seg, ctx, layer, seg)
+            cache = self._paged_cache(q_seg, ctx, layer, seg)
             if cache is not None:
                 mix, o = self._attend_in_cache(q_seg, cache, seg)
             else:
@@ -88,12 +90,13 @@ class Attention(nn.Module):
             return None
         return HeadMix(probs[:, : self.num_coarse].mean(1), probs[:, self.num_coarse :].mean(1))
 
-    def _decode_cache(
+    def _paged_cache(
         self, q: Tensor, ctx: ForwardContext, layer: int, seg: Segment
     ) -> Tensor | None:
-        """The layer's KV cache where the CPU kernel attends in place: decode rows, paged mode."""
+        """The layer's KV cache where the CPU kernel attends in place: paged mode, segments of up
+        to KERNEL_QUERY_ROWS rows per sequence (decode rows, prefill chunks of short prompts)."""
         if (
-            q.shape[1] == 1
+            q.shape[1] <= KERNEL_QUERY_ROWS
             and ctx.kv_caches is not None
             and seg.block_table is not None
             and self.head_dim % cpu.LANES == 0
@@ -105,20 +108,21 @@ class Attention(nn.Module):
     def _attend_in_cache(
         self, q: Tensor, cache: Tensor, seg: Segment
     ) -> tuple[HeadMix | None, Tensor]:
-        """q [B, 1, H, hd] against K/V read in place -> head mix, out [B, 1, H*hd]."""
+        """q [B, Q, H, hd] against K/V read in place -> head mix, out [B, Q, H*hd]."""
         assert seg.block_table is not None
-        mix, out = cpu.decode_attention(
-            q[:, 0],
+        mix, out = cpu.paged_attention(
+            q,
             cache,
             seg.block_table,
-            seg.query_pos[:, 0] + 1,
+            seg.query_pos,
+            seg.valid,
             seg.block_size,
             self.num_kv_heads,
             self.sliding_window,
             self.num_coarse if self.keep_head_mix else None,
         )
-        head_mix = None if mix is None else HeadMix(mix[:, :1], mix[:, 1:])  # [B, 1, L] each
-        return head_mix, out.unsqueeze(1)
+        head_mix = None if mix is None else HeadMix(mix[:, :, 0], mix[:, :, 1])  # [B, Q, L] each
+        return head_mix, out
 
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""

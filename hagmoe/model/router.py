@@ -116,19 +116,19 @@ class AttentionRouter(nn.Module):
         self, a_c: Tensor, a_f: Tensor, rv: Tensor, ctx: ForwardContext, layer: int, seg: Segment
     ) -> tuple[Tensor, Tensor]:
         """A segment's z [B, Q, G+N] (a_c over z_g's values, a_f over the experts') and coarse
-        entropy [B, Q]; decode rows in paged mode read the RV cache in place on the CPU."""
+        entropy [B, Q]; in paged mode the CPU kernel reads the RV cache in place."""
         g = self.config.num_groups
         if (
-            a_c.shape[1] == 1
-            and ctx.kv_caches is not None
+            ctx.kv_caches is not None
             and seg.block_table is not None
+            and a_c.stride(2) == 1
+            and a_c.stride() == a_f.stride()
             and cpu.enabled_for(a_c)
         ):
-            z, entropy = cpu.route_sums(
-                a_c, a_f, ctx.kv_caches[layer][1], seg.block_table, seg.query_pos[:, 0] + 1,
+            return cpu.route_sums(
+                a_c, a_f, ctx.kv_caches[layer][1], seg.block_table, seg.query_pos, seg.valid,
                 seg.block_size, g,
             )  # fmt: skip
-            return z.unsqueeze(1), entropy.unsqueeze(1)
         rv_keys = ctx.read(layer, seg, 1, rv)  # [B, L, G+N]
         z = torch.cat((a_c @ rv_keys[..., :g], a_f @ rv_keys[..., g:]), dim=-1)
         return z, -torch.xlogy(a_c, a_c).sum(-1).detach()

@@ -111,33 +111,54 @@ def paged_keys(
     return cache, table, rows
 
 
+def query_rows(lengths: list[int], rows: int) -> tuple[Tensor, Tensor]:
+    """The last `rows` positions of each sequence, left-aligned: query_pos and valid [B, Q]
+    (a sequence shorter than `rows` has pad rows at position 0)."""
+    pos = torch.zeros(len(lengths), rows, dtype=torch.int64)
+    valid = torch.zeros(len(lengths), rows, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        count = min(n, rows)
+        pos[b, :count] = torch.arange(n - count, n)
+        valid[b, :count] = True
+    return pos, valid
+
+
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "window", "coarse"), [(4, 4, None, 2), (8, 2, None, 3), (4, 1, 5, 1)]
+    ("heads", "kv_heads", "window", "coarse", "rows"),
+    [(4, 4, None, 2, 1), (8, 2, None, 3, 3), (4, 1, 5, 1, 1), (4, 2, 3, 2, 5)],
 )
-def test_decode_attention_matches_float64(
-    heads: int, kv_heads: int, window: int | None, coarse: int
+def test_paged_attention_matches_float64(
+    heads: int, kv_heads: int, window: int | None, coarse: int, rows: int
 ) -> None:
+    """Decode rows (Q = 1) and prefill chunks (Q > 1, with pad rows) against float64."""
     hd, block_size, lengths = 16, 4, [1, 7, 13, 4]
-    cache, table, rows = paged_keys(lengths, kv_heads, hd, block_size, seed=heads)
-    q = torch.randn(len(lengths), heads, hd, generator=torch.Generator().manual_seed(9))
-    mix, out = cpu.decode_attention(
-        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window, coarse
-    )
-    assert mix is not None and mix.shape == (len(lengths), 2, table.shape[1] * block_size)
-    for b, (n, kv) in enumerate(zip(lengths, rows, strict=True)):
-        first = max(0, n - window) if window else 0
-        k, v = kv.double().view(n, 2, kv_heads, hd).unbind(1)  # [n, Hkv, hd] each
-        probs = torch.zeros(heads, mix.shape[-1], dtype=torch.float64)
-        for h in range(heads):
-            g = h // (heads // kv_heads)
-            probs[h, first:n] = torch.softmax(k[first:, g] @ q[b, h].double() / hd**0.5, dim=0)
-            o = out[b, h * hd : (h + 1) * hd].double()
-            assert torch.allclose(o, probs[h, first:n] @ v[first:, g], atol=1e-5)
-        expected = torch.stack((probs[:coarse].mean(0), probs[coarse:].mean(0)))
-        assert torch.allclose(mix[b].double(), expected, atol=1e-6)
-    no_mix, same = cpu.decode_attention(
-        q, cache, table, torch.tensor(lengths), block_size, kv_heads, window, None
-    )
+    cache, table, seqs = paged_keys(lengths, kv_heads, hd, block_size, seed=heads)
+    q = torch.randn(len(lengths), rows, heads, hd, generator=torch.Generator().manual_seed(9))
+    pos, valid = query_rows(lengths, rows)
+    args = (cache, table, pos, valid, block_size, kv_heads, window)
+    mix, out = cpu.paged_attention(q, *args, coarse)
+    keys = table.shape[1] * block_size
+    assert mix is not None and mix.shape == (len(lengths), rows, 2, keys)
+    for b, kv in enumerate(seqs):
+        k, v = kv.double().view(-1, 2, kv_heads, hd).unbind(1)  # [n, Hkv, hd] each
+        for i in range(rows):
+            if not valid[b, i]:
+                assert not out[b, i].any() and not mix[b, i].any()
+                continue
+            last = int(pos[b, i])
+            first = max(0, last + 1 - window) if window else 0
+            probs = torch.zeros(heads, keys, dtype=torch.float64)
+            for h in range(heads):
+                g = h // (heads // kv_heads)
+                scores = k[first : last + 1, g] @ q[b, i, h].double() / hd**0.5
+                probs[h, first : last + 1] = torch.softmax(scores, dim=0)
+                o = out[b, i, h * hd : (h + 1) * hd].double()
+                assert torch.allclose(
+                    o, probs[h, first : last + 1] @ v[first : last + 1, g], atol=1e-5
+                )
+            expected = torch.stack((probs[:coarse].mean(0), probs[coarse:].mean(0)))
+            assert torch.allclose(mix[b, i].double(), expected, atol=1e-6)
+    no_mix, same = cpu.paged_attention(q, *args, None)
     assert no_mix is None and torch.equal(same, out)
 
 
@@ -247,27 +268,29 @@ def test_packed_expert_weights_follow_in_place_updates() -> None:
 
 
 def test_route_sums_match_float64() -> None:
-    """Decode rows' router sums over a shuffled paged RV cache, against float64."""
-    groups, experts_n, block_size, lengths = 3, 6, 4, [1, 5, 9]
+    """Router sums of query rows (with pad rows) over a shuffled paged RV cache, vs float64."""
+    groups, experts_n, block_size, lengths, rows = 3, 6, 4, [1, 5, 9], 2
     g = torch.Generator().manual_seed(6)
     width = groups + experts_n
-    cache, table, rows = paged_keys(lengths, 1, width, block_size, seed=6)
+    cache, table, seqs = paged_keys(lengths, 1, width, block_size, seed=6)
     rv_cache = cache[:, :width].contiguous()  # [slots, G+N]
-    keys = table.shape[1] * block_size
-    mix = torch.zeros(len(lengths), 2, keys)
-    for b, n in enumerate(lengths):
-        mix[b, :, :n] = torch.softmax(torch.randn(2, n, generator=g), dim=-1)
-    mix[1, 0, 2] = 0.0  # a zero probability adds nothing to the entropy
+    pos, valid = query_rows(lengths, rows)
+    mix = torch.zeros(len(lengths), rows, 2, table.shape[1] * block_size)
+    for b, i in valid.nonzero().tolist():
+        n = int(pos[b, i]) + 1
+        mix[b, i, :, :n] = torch.softmax(torch.randn(2, n, generator=g), dim=-1)
+    mix[2, 0, 0, 2] = 0.0  # a zero probability adds nothing to the entropy
     z, entropy = cpu.route_sums(
-        mix[:, :1], mix[:, 1:], rv_cache, table, torch.tensor(lengths), block_size, groups
+        mix[:, :, 0], mix[:, :, 1], rv_cache, table, pos, valid, block_size, groups
     )
-    for b, n in enumerate(lengths):
-        a_c, a_f = mix[b, 0, :n].double(), mix[b, 1, :n].double()
-        rv = rows[b][:, :width].double()  # [n, G+N]
+    for b, i in valid.nonzero().tolist():
+        n = int(pos[b, i]) + 1
+        a_c, a_f = mix[b, i, 0, :n].double(), mix[b, i, 1, :n].double()
+        rv = seqs[b][:n, :width].double()  # [n, G+N]
         expected = torch.cat((a_c @ rv[:, :groups], a_f @ rv[:, groups:]))
-        assert torch.allclose(z[b].double(), expected, atol=1e-6)
-        h = -torch.xlogy(a_c, a_c).sum()
-        assert torch.allclose(entropy[b].double(), h, atol=1e-6)
+        assert torch.allclose(z[b, i].double(), expected, atol=1e-6)
+        assert torch.allclose(entropy[b, i].double(), -torch.xlogy(a_c, a_c).sum(), atol=1e-6)
+    assert not z[~valid].any() and not entropy[~valid].any()
 
 
 @pytest.mark.parametrize("k_override", [None, 2])
