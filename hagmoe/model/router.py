@@ -86,6 +86,14 @@ class AttentionRouter(nn.Module):
             z_seg, entropy_seg = self._sums(a_c, a_f, rv, ctx, layer, seg)
             seg.put(z, z_seg)
             seg.put(entropy, entropy_seg)
+        return self._decide(z, entropy, divergence, ctx)
+
+    def _decide(
+        self, z: Tensor, entropy: Tensor, divergence: Tensor | None, ctx: ForwardContext
+    ) -> LayerRouting:
+        """Group, experts, scores and K from z [T, G+N] and the coarse entropy [T]."""
+        cfg = self.config
+        t, g, m = z.shape[0], cfg.num_groups, cfg.experts_per_group
         if cpu.enabled_for(z) and not ctx.return_aux:
             group, experts, scores, k, norm_entropy = cpu.route_decide(
                 z, entropy, ctx.positions, cfg, float(self.entropy_mean), ctx.k_override
