@@ -6,6 +6,7 @@
    Poisson process at each --rates;
 3. the server is stopped and, on the same requests, the offline engine (run_engine), the naive
    HAG-MoE recompute and Hugging Face transformers Mixtral `generate()` (static batches) run here;
+   every system runs each concurrency level --repeats times and its median run is reported;
 4. JSON under --results-dir, PNG plots under --img-dir, a markdown table snippet.
 
     .venv/bin/python loadtests/compare.py            # full run: minutes, needs a quiet machine
@@ -22,8 +23,9 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `loadtests` importable
 
 import torch
 
-from hagmoe.engine.bench import BenchResult
+from hagmoe.engine.bench import BenchResult, median_run
 from hagmoe.model import HagMoEModel, Tokenizer, random_model, save_model
 from loadtests.baselines import (
     BaselineUnavailable,
@@ -58,6 +60,7 @@ SMOKE: dict[str, Any] = {
     "input_len": 16,
     "output_len": 8,
     "threads": 1,  # robust on a shared machine; the full run uses 2 (the anchors' setting)
+    "repeats": 1,
     "results_dir": Path("runs/bench-serving-smoke/results"),
     "img_dir": Path("runs/bench-serving-smoke/img"),
 }
@@ -79,6 +82,7 @@ class Plan:
     output_len: int = 64
     output_max: int | None = None
     naive_requests: int | None = None  # per level; default one static batch (= concurrency)
+    repeats: int = 3  # runs of every system at every concurrency level; the median is reported
     skip_hf: bool = False
     results_dir: Path = Path("docs/results")
     img_dir: Path = Path("docs/img")
@@ -110,6 +114,7 @@ def server_row(report: dict[str, Any], system: str, concurrency: int) -> dict[st
         report["duration_s"],
         report["median_ttft_ms"] / 1000.0,
         report["median_e2el_ms"] / 1000.0,
+        seconds_all=report.get("duration_s_all", []),
     )
     return result.as_dict()
 
@@ -129,7 +134,11 @@ def serve_phase(
         by_level = []
         for c, data in levels.items():
             cfg = replace(base, max_concurrency=c)
-            by_level.append(_bench(cfg, data, f"concurrency {c}", t0))
+            runs = [
+                _bench(cfg, data, f"concurrency {c} ({i + 1}/{plan.repeats})", t0)
+                for i in range(plan.repeats)
+            ]
+            by_level.append(median_report(runs))
         by_rate = []
         for rate, data in rated.items():
             cfg = replace(base, request_rate=rate, max_concurrency=top)
@@ -147,6 +156,12 @@ def _bench(cfg: ServingConfig, data: Dataset, label: str, t0: float) -> dict[str
     return report
 
 
+def median_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of median duration (the upper middle of an even count), with every run's."""
+    report = sorted(reports, key=lambda r: r["duration_s"])[len(reports) // 2]
+    return {**report, "duration_s_all": [r["duration_s"] for r in reports]}
+
+
 def inprocess_phase(
     plan: Plan, model: HagMoEModel, tokenizer: Tokenizer, levels: dict[int, Dataset], t0: float
 ) -> list[dict[str, Any]]:
@@ -156,11 +171,14 @@ def inprocess_phase(
     for c, data in levels.items():
         ids = [tokenizer.encode(r.prompt) for r in data.requests]
         lens = [r.output_len for r in data.requests]
-        results = [offline_engine(model, ids, lens, c, plan.num_blocks())]
         n = plan.naive_requests or c
-        results.append(naive_baseline(model, ids[:n], lens[:n], c))
+        runs: list[Callable[[], BenchResult]] = [
+            partial(offline_engine, model, ids, lens, c, plan.num_blocks()),
+            partial(naive_baseline, model, ids[:n], lens[:n], c),
+        ]
         if hf is not None:
-            results.append(hf_baseline(hf, ids, lens, c))
+            runs.append(partial(hf_baseline, hf, ids, lens, c))
+        results = [median_run([run() for _ in range(plan.repeats)]) for run in runs]
         for r in results:
             log(f"{r.system} at {c}: {r.tokens_per_second:.1f} tok/s ({r.seconds:.1f}s)", t0)
             rows.append(r.as_dict())
@@ -268,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-len", type=int, default=None)
     p.add_argument("--output-len-max", type=int, default=None, help="varied output lengths")
     p.add_argument("--naive-requests", type=int, default=None, help="per level (= concurrency)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per system and level (3)")
     p.add_argument("--skip-hf", action="store_true", help="no transformers baseline")
     p.add_argument("--results-dir", type=Path, default=None, help="default docs/results")
     p.add_argument("--img-dir", type=Path, default=None, help="default docs/img")
@@ -288,6 +307,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         "output_len": args.output_len,
         "output_max": args.output_len_max,
         "naive_requests": args.naive_requests,
+        "repeats": args.repeats,
         "results_dir": args.results_dir,
         "img_dir": args.img_dir,
     }

@@ -114,7 +114,7 @@ def bench(
         engine_runs.append(run_engine(_fresh_engine(model, config), work, concurrency))
         if baselines:
             static_runs.append(_run_static(_fresh_engine(model, config), work, concurrency))
-    results = [_median(runs) for runs in (engine_runs, static_runs) if runs]
+    results = [median_run(runs) for runs in (engine_runs, static_runs) if runs]
     if baselines:
         naive = work.head(naive_requests or concurrency)
         with torch.inference_mode():
@@ -138,7 +138,7 @@ def _run_static(engine: EngineCore, work: Workload, concurrency: int) -> BenchRe
     )
 
 
-def _median(runs: list[BenchResult]) -> BenchResult:
+def median_run(runs: list[BenchResult]) -> BenchResult:
     """The run of median time (the upper middle of an even count), with every run's seconds."""
     result = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
     result.seconds_all = [r.seconds for r in runs]

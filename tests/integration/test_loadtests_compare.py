@@ -32,7 +32,7 @@ def compare(
 
 
 def test_smoke_writes_results_and_plots(tmp_path: Path) -> None:
-    done = compare(tmp_path, "--concurrency", "1", "2", "--rates", "10", "40")
+    done = compare(tmp_path, "--concurrency", "1", "2", "--rates", "10", "40", "--repeats", "2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "results" / "serving_comparison.json").read_text())
     rows = result["throughput"]
@@ -41,6 +41,7 @@ def test_smoke_writes_results_and_plots(tmp_path: Path) -> None:
         (s, c) for s in SYSTEMS for c in (1, 2)
     )
     assert all(r["output_tokens"] > 0 and r["tokens_per_second"] > 0 for r in rows)
+    assert all(len(r["seconds_all"]) == 2 and r["seconds"] in r["seconds_all"] for r in rows)
     offline = {r["concurrency"]: r for r in rows if r["system"] == "hagmoe offline engine"}
     server = {r["concurrency"]: r for r in rows if r["system"].startswith("hagmoe server")}
     assert all(offline[c]["output_tokens"] == server[c]["output_tokens"] for c in (1, 2))
