@@ -63,7 +63,9 @@ class ModelRunner:
         ]
         self.sampler = Sampler(seed=config.seed)
         if self.device.type == "cpu":
-            cpu_kernels.library()  # build now, not during the first request
+            cpu_kernels.library()  # build and pack now, not during the first request
+            with torch.inference_mode():
+                model.pack_cpu_weights()
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

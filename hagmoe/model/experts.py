@@ -48,12 +48,20 @@ class Experts(nn.Module):
         )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
 
+    def pack_cpu_weights(self) -> None:
+        """Pack the weights for the CPU kernel now rather than on the first call."""
+        if self._kernel_shapes():
+            cpu.packed((self.w1, self.w2, self.w3), cpu.pack_experts)
+
+    def _kernel_shapes(self) -> bool:
+        _, f, d = self.w1.shape
+        return d % cpu.PANEL == 0 and f % cpu.LANES == 0
+
     def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
         """The CPU kernel wins while experts see few pairs each (decode and mixed steps)."""
-        n, f, d = self.w1.shape
+        n = self.w1.shape[0]
         return (
-            d % cpu.PANEL == 0
-            and f % cpu.LANES == 0
+            self._kernel_shapes()
             and cpu.enabled_for(x)
             and int((experts >= 0).sum()) <= KERNEL_PAIRS_PER_EXPERT * n
         )

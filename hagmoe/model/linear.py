@@ -30,3 +30,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
+
+    def pack_cpu_weights(self) -> None:
+        """Pack the weight for the CPU kernel now rather than on the first call."""
+        cpu.packed((self.weight,), cpu.pack_linear)

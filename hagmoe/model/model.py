@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.context import ForwardContext
+from hagmoe.model.experts import Experts
 from hagmoe.model.layer import DecoderLayer
-from hagmoe.model.linear import linear
+from hagmoe.model.linear import Linear, linear
 from hagmoe.model.norms import make_norm
 from hagmoe.model.routing import LayerRouting
 
@@ -57,8 +59,21 @@ class HagMoEModel(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., d] -> logits [..., V]."""
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return linear(self.final_norm(hidden), weight)
+        return linear(self.final_norm(hidden), self._head_weight)
+
+    def pack_cpu_weights(self) -> None:
+        """Pack every weight the float32 CPU kernels take (linears, experts, the output head)
+        now, so that no request pays for it; a no-op where the kernels do not run."""
+        if not cpu.enabled_for(self._head_weight):
+            return
+        for module in self.modules():
+            if isinstance(module, (Linear, Experts)):
+                module.pack_cpu_weights()
+        cpu.packed((self._head_weight,), cpu.pack_linear)
+
+    @property
+    def _head_weight(self) -> Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def forward_full(
         self,

@@ -320,3 +320,23 @@ def test_route_decide_matches_torch_path(k_override: int | None) -> None:
     assert torch.equal(experts, torch.where(local >= 0, want_group[:, None] * m + local, -1))
     assert torch.equal(experts[5, :2], torch.tensor([0, 1])) or k[5] < 2
     assert torch.allclose(scores, want_scores, atol=1e-6)
+
+
+def test_engine_packs_kernel_weights_before_the_first_request(monkeypatch: Any) -> None:
+    calls = {"pack_linear": 0, "pack_experts": 0}
+    for name in calls:
+        original = getattr(cpu, name)
+
+        def spy(*args: Tensor, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(cpu, name, spy)
+    cfg = named_config("tiny")
+    engine = EngineCore(random_model(cfg, seed=3), None, EngineConfig(max_num_seqs=2))
+    assert calls["pack_experts"] == cfg.num_layers and calls["pack_linear"] > 0
+    packed_at_start = dict(calls)
+    engine.add_request("r", [1, 2, 3, 4], SamplingParams(max_new_tokens=3, temperature=0.0))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert calls == packed_at_start
