@@ -140,6 +140,11 @@ def pack_linear(weight: Tensor) -> Tensor:
     return padded.view(panels, PANEL, k).transpose(1, 2).contiguous()
 
 
+def linear_panels(weight: Tensor) -> Tensor:
+    """`pack_linear(weight)`, kept with the weight (see `packed`)."""
+    return packed((weight,), pack_linear)
+
+
 def linear(x: Tensor, panels: Tensor, n: int, bias: Tensor | None = None) -> Tensor:
     """x [m, k] @ weight [n, k]^T (+ bias [n]) -> [m, n], weight as `pack_linear` made it."""
     lib = library()
@@ -165,6 +170,11 @@ def pack_experts(w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, Tensor]:
     down = w3.reshape(e, d // PANEL, PANEL, f).transpose(2, 3)  # [E, d/32, F, 32]
     gate_up = gate_up.permute(0, 1, 4, 3, 2).reshape(e, f // LANES, d, PANEL)
     return gate_up.contiguous(), down.contiguous()
+
+
+def expert_panels(w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, Tensor]:
+    """`pack_experts(w1, w2, w3)`, kept with w1 (see `packed`)."""
+    return packed((w1, w2, w3), pack_experts)
 
 
 def moe_swiglu(x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:

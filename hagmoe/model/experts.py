@@ -30,8 +30,8 @@ class Experts(nn.Module):
     def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
         if self._use_kernel(x, experts):
-            packed = cpu.packed((self.w1, self.w2, self.w3), cpu.pack_experts)
-            return cpu.moe_swiglu(x, experts, scores, *packed)
+            panels = cpu.expert_panels(self.w1, self.w2, self.w3)
+            return cpu.moe_swiglu(x, experts, scores, *panels)
         valid = experts >= 0  # [T, K]
         token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
         expert = experts[valid]  # [P]
@@ -51,7 +51,7 @@ class Experts(nn.Module):
     def pack_cpu_weights(self) -> None:
         """Pack the weights for the CPU kernel now rather than on the first call."""
         if self._kernel_shapes():
-            cpu.packed((self.w1, self.w2, self.w3), cpu.pack_experts)
+            cpu.expert_panels(self.w1, self.w2, self.w3)
 
     def _kernel_shapes(self) -> bool:
         _, f, d = self.w1.shape

@@ -21,7 +21,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and isinstance(weight, nn.Parameter)
         and cpu.enabled_for(x)
     ):
-        return cpu.linear(x, cpu.packed((weight,), cpu.pack_linear), weight.shape[0], bias)
+        return cpu.linear(x, cpu.linear_panels(weight), weight.shape[0], bias)
     return F.linear(x, weight, bias)
 
 
@@ -33,4 +33,4 @@ class Linear(nn.Linear):
 
     def pack_cpu_weights(self) -> None:
         """Pack the weight for the CPU kernel now rather than on the first call."""
-        cpu.packed((self.weight,), cpu.pack_linear)
+        cpu.linear_panels(self.weight)

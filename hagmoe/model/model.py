@@ -69,7 +69,7 @@ class HagMoEModel(nn.Module):
         for module in self.modules():
             if isinstance(module, (Linear, Experts)):
                 module.pack_cpu_weights()
-        cpu.packed((self._head_weight,), cpu.pack_linear)
+        cpu.linear_panels(self._head_weight)
 
     @property
     def _head_weight(self) -> Tensor:
