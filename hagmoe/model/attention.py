@@ -21,7 +21,7 @@ from hagmoe.model.context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
 from hagmoe.model.rope import apply_rope, rope_cos_sin
 
-KERNEL_QUERY_ROWS = 128  # per sequence; longer chunks attend by batched GEMMs
+KERNEL_QUERY_KEYS = 128 * 512  # query rows x key positions of a segment's sequence
 
 
 @dataclass(slots=True)
@@ -93,10 +93,12 @@ class Attention(nn.Module):
     def _paged_cache(
         self, q: Tensor, ctx: ForwardContext, layer: int, seg: Segment
     ) -> Tensor | None:
-        """The layer's KV cache where the CPU kernel attends in place: paged mode, segments of up
-        to KERNEL_QUERY_ROWS rows per sequence (decode rows, prefill chunks of short prompts)."""
+        """The layer's KV cache where the CPU kernel attends in place: paged mode, decode rows,
+        and prefill chunks of short contexts (each row reads its keys on its own, so rows x keys
+        stays under KERNEL_QUERY_KEYS; longer ones share them through batched GEMMs)."""
+        rows, keys = q.shape[1], seg.mask.shape[-1]
         if (
-            q.shape[1] <= KERNEL_QUERY_ROWS
+            (rows == 1 or rows * keys <= KERNEL_QUERY_KEYS)
             and ctx.kv_caches is not None
             and seg.block_table is not None
             and self.head_dim % cpu.LANES == 0
