@@ -8,8 +8,8 @@ queries of B sequences, each seeing key positions 0..L-1 of its own sequence. In
 (training, reference) the keys are this step's own tokens; in paged mode (serving) each layer
 first writes its new K, V and routing values into the cache at `slot_mapping`, then reads
 whole blocks back through each sequence's `block_table` (L = blocks x block_size; positions past
-the sequence's length are masked like future ones), or, for decode rows on the CPU, attends to
-them in place (hagmoe/kernels). A layer's cache has two parts: KV (K then V,
+the sequence's length are masked like future ones), or, on the CPU, attends to them in place
+(hagmoe/kernels: decode rows and prefill chunks of short contexts). A layer's cache has two parts: KV (K then V,
 2*Hkv*hd values per token) and, for the attention router, RV (the G + N routing values).
 """
 

@@ -32,6 +32,20 @@ def no_grad() -> Iterator[None]:
         yield
 
 
+def count_calls(monkeypatch: Any, *names: str) -> dict[str, int]:
+    """Wrap the named functions of hagmoe.kernels.cpu to count their calls (live dict)."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        original = getattr(cpu, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(cpu, name, spy)
+    return calls
+
+
 def moe_reference(x: Tensor, chosen: Tensor, scores: Tensor, w: list[Tensor]) -> Tensor:
     """Token by token, expert by expert, in float64."""
     x64, (w1, w2, w3) = x.double(), [t.double() for t in w]
@@ -209,15 +223,7 @@ def test_kernels_are_batch_and_thread_invariant() -> None:
 
 
 def test_serving_forward_uses_kernels_and_matches_float64(monkeypatch: Any) -> None:
-    calls: dict[str, int] = {"linear": 0, "moe_swiglu": 0}
-    for name in calls:
-        original = getattr(cpu, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original) -> Tensor:
-            calls[_name] += 1
-            return _original(*args)
-
-        monkeypatch.setattr(cpu, name, spy)
+    calls = count_calls(monkeypatch, "linear", "moe_swiglu")
     cfg = named_config("tiny", position="rope", feedback_dim=16)
     model64 = random_model(cfg, seed=5, dtype=torch.float64)
     model32 = random_model(cfg, seed=5, dtype=torch.float32)
@@ -323,15 +329,7 @@ def test_route_decide_matches_torch_path(k_override: int | None) -> None:
 
 
 def test_engine_packs_kernel_weights_before_the_first_request(monkeypatch: Any) -> None:
-    calls = {"pack_linear": 0, "pack_experts": 0}
-    for name in calls:
-        original = getattr(cpu, name)
-
-        def spy(*args: Tensor, _name: str = name, _original: Any = original) -> Any:
-            calls[_name] += 1
-            return _original(*args)
-
-        monkeypatch.setattr(cpu, name, spy)
+    calls = count_calls(monkeypatch, "pack_linear", "pack_experts")
     cfg = named_config("tiny")
     engine = EngineCore(random_model(cfg, seed=3), None, EngineConfig(max_num_seqs=2))
     assert calls["pack_experts"] == cfg.num_layers and calls["pack_linear"] > 0
