@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from hagmoe.engine.config import DTYPES, EngineConfig
+from hagmoe.evaluation.cli import add_eval_parser
 from hagmoe.model.hf_import.cli import add_import_parser
 from hagmoe.onnx.cli import add_export_parser
 from hagmoe.training.cli import add_train_parser
@@ -44,7 +45,7 @@ def _engine_config(args: argparse.Namespace, max_num_seqs: int = 64) -> EngineCo
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from hagmoe.engine.bench import Workload, bench
+    from hagmoe.bench.offline import Workload, bench
     from hagmoe.model import random_model
     from hagmoe.model.checkpoint import load_model
 
@@ -177,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     # The command line is the one place the library reaches the server package.
     from server.cli import add_serve_parser
 
-    for add_parser in (add_serve_parser, add_train_parser, add_import_parser, add_export_parser):
+    for add_parser in (
+        add_serve_parser,
+        add_train_parser,
+        add_import_parser,
+        add_export_parser,
+        add_eval_parser,
+    ):
         add_parser(sub)
     return parser
 

@@ -1,7 +1,7 @@
 """The two baselines of the comparison, run in this process on the same requests as the server:
 
 - naive HAG-MoE: the full forward recomputed for every new token, in static batches
-  (hagmoe.engine.baselines.naive_generate; what the public research code does);
+  (hagmoe.bench.baselines.naive_generate; what the public research code does);
 - Hugging Face transformers `generate()` on a Mixtral of the model's shape (top-2 of the same
   number of experts), greedy, in static batches left-padded to the longest prompt and run to the
   longest output of the batch; only each request's own output_len tokens count.
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from hagmoe.engine.baselines import naive_generate
-from hagmoe.engine.bench import BenchResult
+from hagmoe.bench.baselines import naive_generate
+from hagmoe.bench.offline import BenchResult
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.model import HagMoEModel
 

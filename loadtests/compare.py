@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `loadtests` importable
 
 import torch
 
-from hagmoe.engine.bench import BenchResult, median_run
+from hagmoe.bench.offline import BenchResult, median_run
 from hagmoe.model import HagMoEModel, Tokenizer, random_model, save_model
 from loadtests.baselines import (
     BaselineUnavailable,

@@ -1,11 +1,11 @@
-"""The offline engine (hagmoe.engine.bench.run_engine) on the server's workload: the same engine
+"""The offline engine (hagmoe.bench.offline.run_engine) on the server's workload: the same engine
 with no HTTP, no event loop and no tokenizer, to see what the serving layer costs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hagmoe.engine.bench import BenchResult, Workload, run_engine
+from hagmoe.bench.offline import BenchResult, Workload, run_engine
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import hagmoe
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 from server import request_context
 from server.admin_routes import admin_router
 from server.context import ServerContext

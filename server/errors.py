@@ -10,8 +10,8 @@ import grpc
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from hagmoe.engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
-from hagmoe.model.errors import TokenizerError
+from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
+from hagmoe.errors import TokenizerError
 
 Api = Literal["tgi", "openai"]
 
@@ -123,8 +123,6 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return exc
     if isinstance(exc, InvalidRequestError):
         return InvalidInput(str(exc), exc.field)
-    if isinstance(exc, EngineOverloadedError):
-        return Overloaded(str(exc), exc.retry_after)
     if isinstance(exc, EngineDeadError):
         return Unavailable(str(exc) or "the engine is not running")
     if isinstance(exc, TokenizerError):

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from hagmoe.engine.async_engine import AsyncEngine
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 from server.admission import Admission
 from server.app import build_app
 from server.auth import KeyRing

@@ -83,11 +83,6 @@ class AsyncEngine:
         """The engine thread runs and has not failed."""
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
-    @property
-    def num_in_flight(self) -> int:
-        with self._lock:
-            return len(self._streams)
-
     # ---- client surface --------------------------------------------------------------------
     @property
     def tokenizer(self) -> Tokenizer | None:

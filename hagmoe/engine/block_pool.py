@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 
 
 class BlockPoolError(HagMoEError, RuntimeError):

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hagmoe.errors import ConfigError
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.errors import ConfigError
 
 DTYPES = {
     "float32": torch.float32,

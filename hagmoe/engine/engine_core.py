@@ -11,11 +11,12 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.detokenizer import IncrementalDetokenizer
 from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.kv_cache_manager import KVCacheManager
-from hagmoe.engine.model_runner import ModelRunner, RoutingStats
+from hagmoe.engine.model_runner import ModelRunner
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.request import Request, RequestStatus
 from hagmoe.engine.sampling_params import SamplingParams, validate_prompt
 from hagmoe.engine.scheduler import Scheduler
+from hagmoe.engine.step import RoutingStats
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -98,19 +99,7 @@ class EngineCore:
         request = self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
         if request is None:
             return None
-        return RequestOutput(
-            request_id=request_id,
-            new_token_ids=[],
-            new_text="",
-            finished=True,
-            finish_reason="abort",
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_output_tokens=request.num_output_tokens,
-            num_cached_tokens=max(request.num_cached_tokens, 0),
-            arrival_time=request.arrival_time,
-            first_token_time=request.first_token_time,
-            finished_time=request.finished_time,
-        )
+        return RequestOutput.from_request(request, RequestStatus.FINISHED_ABORTED, [])
 
     def abort_expired(self, now: float | None = None) -> list[RequestOutput]:
         """Abort every request whose deadline has passed."""

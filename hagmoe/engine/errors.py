@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 
 
 class InvalidRequestError(HagMoEError, ValueError):
@@ -11,14 +11,6 @@ class InvalidRequestError(HagMoEError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-
-
-class EngineOverloadedError(HagMoEError):
-    """Too many requests running or queued; retry after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class EngineDeadError(HagMoEError):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hagmoe.engine.scheduler import ScheduledRequest
+from hagmoe.engine.step import ScheduledRequest
 from hagmoe.model.context import Segment
 
 

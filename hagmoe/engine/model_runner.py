@@ -7,40 +7,17 @@ per layer a KV part [num_slots, 2*Hkv*hd] and, for the attention router, an RV p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
-from torch import Tensor
 
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.input_batch import build_input_batch
 from hagmoe.engine.outputs import LayerDecision
-from hagmoe.engine.request import TokenLogprob
 from hagmoe.engine.sampler import Sampler
-from hagmoe.engine.scheduler import SchedulerOutput
+from hagmoe.engine.step import RoutingStats, RunnerOutput, SchedulerOutput
 from hagmoe.kernels import cpu as cpu_kernels
 from hagmoe.model.context import ForwardContext
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.routing import LayerRouting
-
-
-@dataclass(slots=True)
-class RoutingStats:
-    """Routing of every token a step computed, summed over the step."""
-
-    expert_tokens: list[list[int]]  # [L][N] token-expert assignments
-    group_tokens: list[list[int]]  # [L][G] tokens per chosen group (empty for the linear router)
-    k: list[int]  # K of every token and layer
-    entropy: list[float]  # normalised entropy of every token and layer (attention router)
-
-
-@dataclass(slots=True)
-class RunnerOutput:
-    sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
-    logprobs: dict[str, TokenLogprob] = field(default_factory=dict)
-    routing: dict[str, list[LayerDecision]] = field(default_factory=dict)
-    logits: dict[str, Tensor] = field(default_factory=dict)  # EngineConfig.keep_logits only
-    routing_stats: RoutingStats | None = None
 
 
 class ModelRunner:

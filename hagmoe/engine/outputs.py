@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hagmoe.engine.request import TokenLogprob
+from hagmoe.engine.request import Request, RequestStatus, TokenLogprob
 
 
 @dataclass(slots=True)
@@ -39,3 +39,32 @@ class RequestOutput:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+
+    @classmethod
+    def from_request(
+        cls,
+        request: Request,
+        status: RequestStatus | None,
+        new_token_ids: list[int],
+        new_text: str = "",
+        logprob: TokenLogprob | None = None,
+        routing: list[LayerDecision] | None = None,
+    ) -> RequestOutput:
+        """The step's output of `request`; `status` is its finishing status, None while it runs."""
+        return cls(
+            request_id=request.request_id,
+            new_token_ids=new_token_ids,
+            new_text=new_text,
+            finished=status is not None,
+            finish_reason=status.value if status is not None else None,
+            stop_reason=request.stop_reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            num_cached_tokens=max(request.num_cached_tokens, 0),
+            logprobs=[logprob] if logprob is not None else [],
+            routing=[routing] if routing is not None else [],
+            arrival_time=request.arrival_time,
+            first_scheduled_time=request.first_scheduled_time,
+            first_token_time=request.first_token_time,
+            finished_time=request.finished_time,
+        )

@@ -5,36 +5,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from hagmoe.engine.kv_cache_manager import KVCacheManager
-from hagmoe.engine.outputs import RequestOutput
-from hagmoe.engine.request import Request, RequestStatus
-
-if TYPE_CHECKING:
-    from hagmoe.engine.model_runner import RunnerOutput
-
-
-@dataclass(slots=True)
-class ScheduledRequest:
-    request: Request
-    num_new_tokens: int  # tokens computed this step, from request.num_computed_tokens on
-
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the request's last token, so a token is sampled."""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
-
-
-@dataclass(slots=True)
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
+from hagmoe.engine.outputs import LayerDecision, RequestOutput
+from hagmoe.engine.request import Request, RequestStatus, TokenLogprob
+from hagmoe.engine.step import RunnerOutput, ScheduledRequest, SchedulerOutput
 
 
 @dataclass(slots=True)
@@ -162,7 +138,11 @@ class Scheduler:
         return outputs
 
     def _advance(
-        self, request: Request, token: int, logprob: object, routing: object
+        self,
+        request: Request,
+        token: int,
+        logprob: TokenLogprob | None,
+        routing: list[LayerDecision] | None,
     ) -> RequestOutput:
         text, stop_string = "", None
         if request.detokenizer is not None:
@@ -174,20 +154,4 @@ class Scheduler:
             request.stop_reason = reason
             if stop_string is None and request.detokenizer is not None:
                 text += request.detokenizer.flush()
-        return RequestOutput(
-            request_id=request.request_id,
-            new_token_ids=[token],
-            new_text=text,
-            finished=status is not None,
-            finish_reason=status.value if status else None,
-            stop_reason=reason,
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_output_tokens=request.num_output_tokens,
-            num_cached_tokens=max(request.num_cached_tokens, 0),
-            logprobs=[logprob] if logprob is not None else [],  # type: ignore[list-item]
-            routing=[routing] if routing is not None else [],  # type: ignore[list-item]
-            arrival_time=request.arrival_time,
-            first_scheduled_time=request.first_scheduled_time,
-            first_token_time=request.first_token_time,
-            finished_time=request.finished_time,
-        )
+        return RequestOutput.from_request(request, status, [token], text, logprob, routing)

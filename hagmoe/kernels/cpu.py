@@ -20,14 +20,12 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from hagmoe.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -271,11 +269,22 @@ def route_sums(
     return z, entropy
 
 
+@dataclass(frozen=True, slots=True)
+class RouterSizes:
+    """The attention router's sizes and constants that route_decide needs (MODEL.md names)."""
+
+    num_groups: int  # G
+    experts_per_group: int  # M
+    k_min: int
+    k_max: int
+    entropy_alpha: float
+
+
 def route_decide(
     z: Tensor,
     entropy: Tensor,
     positions: Tensor,
-    config: ModelConfig,
+    sizes: RouterSizes,
     entropy_mean: float,
     k_override: int | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -284,14 +293,14 @@ def route_decide(
     [T, K] (0 there), k [T] and the normalised entropy [T]."""
     lib = library()
     assert lib is not None
-    t, k_max = z.shape[0], config.k_max
+    t, k_max = z.shape[0], sizes.k_max
     group, k = positions.new_empty(t), positions.new_empty(t)
     experts, scores = positions.new_empty(t, k_max), z.new_empty(t, k_max)
     norm_entropy = z.new_empty(t)
     lib.hagmoe_route_decide(
         _ptr(z.contiguous()), _ptr(entropy.contiguous()), _ptr(positions.contiguous()),
         _ptr(group), _ptr(experts), _ptr(scores), _ptr(k), _ptr(norm_entropy),
-        t, config.num_groups, config.experts_per_group, config.k_min, k_max,
-        config.entropy_alpha, entropy_mean, k_override or 0,
+        t, sizes.num_groups, sizes.experts_per_group, sizes.k_min, k_max,
+        sizes.entropy_alpha, entropy_mean, k_override or 0,
     )  # fmt: skip
     return group, experts, scores, k, norm_entropy

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from hagmoe.errors import CheckpointError, ConfigError, HagMoEError, TokenizerError
 from hagmoe.model.checkpoint import load_config, load_model, save_model
 from hagmoe.model.config import NAMED_CONFIGS, ModelConfig, named_config
-from hagmoe.model.context import ForwardContext, Segment
-from hagmoe.model.errors import CheckpointError, ConfigError, HagMoEError, TokenizerError
+from hagmoe.model.context import ForwardContext, Segment, TrainingOptions
 from hagmoe.model.factory import init_weights, random_model
 from hagmoe.model.model import FullOutput, HagMoEModel
 from hagmoe.model.routing import LayerRouting
@@ -24,6 +24,7 @@ __all__ = [
     "Segment",
     "Tokenizer",
     "TokenizerError",
+    "TrainingOptions",
     "init_weights",
     "load_config",
     "load_model",

@@ -14,8 +14,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from hagmoe.errors import CheckpointError
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.errors import CheckpointError
 from hagmoe.model.hf_import import SUPPORTED_MODEL_TYPES, hf_model_type, native_config
 from hagmoe.model.hf_import.detect import read_config_json
 from hagmoe.model.model import HagMoEModel

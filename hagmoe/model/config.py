@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hagmoe.model.errors import ConfigError
+from hagmoe.errors import ConfigError
 from hagmoe.model.imported_keys import validate_imported_keys
 
 MODEL_TYPE = "hagmoe"

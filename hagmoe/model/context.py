@@ -61,6 +61,16 @@ class Segment:
             out[self.token_index[self.valid]] = y[self.valid]
 
 
+@dataclass(frozen=True, slots=True)
+class TrainingOptions:
+    """What the training objective asks of a forward beyond serving: routing keeps its logits
+    and divergences (LayerRouting's training fields), attention feeds the router detached or
+    not, and K may be forced for every token (the trainer's K warm-up)."""
+
+    detach_routing_attention: bool = True
+    k_override: int | None = None
+
+
 @dataclass(slots=True)
 class ForwardContext:
     """Everything one forward pass needs beyond token ids; the model sees nothing else."""
@@ -70,10 +80,13 @@ class ForwardContext:
     kv_caches: list[list[Tensor]] | None = None  # per layer, per part [num_slots, w]; None: dense
     slot_mapping: Tensor | None = None  # [T] cache slot each token writes to
     return_routing: bool = False  # fill `routing` with each layer's decisions
-    return_aux: bool = False  # also keep logits and divergences for the training objective
-    detach_routing_attention: bool = True  # route with attention probabilities detached
-    k_override: int | None = None  # force K for every token (trainer's K warm-up)
+    training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
+
+    @property
+    def keeps_routing(self) -> bool:
+        """Whether layers append their decisions to `routing` (asked for, or for training)."""
+        return self.return_routing or self.training is not None
 
     @classmethod
     def dense(
@@ -81,11 +94,18 @@ class ForwardContext:
         batch: int,
         seq_len: int,
         device: torch.device | str = "cpu",
-        **options: bool | int | None,
+        *,
+        return_routing: bool = False,
+        training: TrainingOptions | None = None,
     ) -> ForwardContext:
         """Full-sequence causal context for [B, T] tokens (right padding is harmless)."""
         pos = torch.arange(seq_len, device=device).expand(batch, seq_len)
-        return cls(positions=pos.reshape(-1), segments=[Segment(query_pos=pos)], **options)  # type: ignore[arg-type]
+        return cls(
+            positions=pos.reshape(-1),
+            segments=[Segment(query_pos=pos)],
+            return_routing=return_routing,
+            training=training,
+        )
 
     def write(self, layer: int, part: int, values: Tensor) -> None:
         """Store this step's values [T, w] in cache part `part` of `layer` (paged mode only)."""

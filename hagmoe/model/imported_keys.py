@@ -5,18 +5,30 @@ Every default leaves a native HAG-MoE model unchanged."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from hagmoe.model.errors import ConfigError
+from hagmoe.errors import ConfigError
 from hagmoe.model.rope_scaling import validate_rope_scaling
 
-if TYPE_CHECKING:
-    from hagmoe.model.config import ModelConfig
+
+class ImportedKeys(Protocol):
+    """The ModelConfig keys checked here (a protocol, so this module need not import config)."""
+
+    attn_out_bias: bool | None
+    shared_expert_gate: bool
+    qk_norm_type: str | None
+    clip_qkv: float | None
+    sliding_window: int | None
+    router: str
+    position: str
+    rope_scaling: dict[str, Any] | None
+    shared_expert_size: int
+
 
 QK_NORM_TYPES = (None, "head", "projection")
 
 
-def validate_imported_keys(config: ModelConfig) -> None:
+def validate_imported_keys(config: ImportedKeys) -> None:
     """Raise ConfigError naming the first imported-family key whose value breaks the contract."""
     for key in ("attn_out_bias", "shared_expert_gate"):
         value = getattr(config, key)
@@ -44,7 +56,7 @@ def validate_imported_keys(config: ModelConfig) -> None:
     _validate_shared_expert(config)
 
 
-def _validate_window(config: ModelConfig) -> None:
+def _validate_window(config: ImportedKeys) -> None:
     window = config.sliding_window
     _check(window is None or window >= 1, "sliding_window", window, "must be null or >= 1")
     _check(
@@ -55,7 +67,7 @@ def _validate_window(config: ModelConfig) -> None:
     )
 
 
-def _validate_shared_expert(config: ModelConfig) -> None:
+def _validate_shared_expert(config: ImportedKeys) -> None:
     size = config.shared_expert_size
     _check(
         isinstance(size, int) and not isinstance(size, bool) and size >= 0,

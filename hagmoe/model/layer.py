@@ -37,7 +37,7 @@ class DecoderLayer(nn.Module):
         h = x + attn_out
         u = self.moe_norm(h)
         routing = self.router(u, mixes, ctx, self.index)
-        if ctx.return_routing or ctx.return_aux:
+        if ctx.keeps_routing:
             ctx.routing.append(routing)
         o = self.experts(u, routing.experts, routing.scores)
         if self.shared_expert is not None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext
+from hagmoe.model.context import ForwardContext, TrainingOptions
 from hagmoe.model.experts import Experts
 from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.linear import Linear, linear
@@ -80,11 +80,10 @@ class HagMoEModel(nn.Module):
         input_ids: Tensor,
         *,
         return_routing: bool = False,
-        return_aux: bool = False,
-        detach_routing_attention: bool = True,
-        k_override: int | None = None,
+        training: TrainingOptions | None = None,
     ) -> FullOutput:
-        """Full-sequence causal forward of input_ids [B, T] (right-padded rows are fine)."""
+        """Full-sequence causal forward of input_ids [B, T] (right-padded rows are fine); with
+        `training`, the routing records carry what the training objective needs."""
         b, t = input_ids.shape
         if t > self.config.max_position and self.pos_embed is not None:
             raise ValueError(f"sequence length {t} exceeds max_position {self.config.max_position}")
@@ -93,9 +92,7 @@ class HagMoEModel(nn.Module):
             t,
             input_ids.device,
             return_routing=return_routing,
-            return_aux=return_aux,
-            detach_routing_attention=detach_routing_attention,
-            k_override=k_override,
+            training=training,
         )
         hidden = self(input_ids.reshape(-1), ctx)
         return FullOutput(self.compute_logits(hidden).view(b, t, -1), ctx.routing)

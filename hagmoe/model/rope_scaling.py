@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
-from hagmoe.model.errors import ConfigError
+from hagmoe.errors import ConfigError
 
 ROPE_SCALING_TYPES = ("linear", "yarn")
 _KEYS = {

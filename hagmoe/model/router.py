@@ -54,6 +54,13 @@ class AttentionRouter(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.kernel_sizes = cpu.RouterSizes(
+            config.num_groups,
+            config.experts_per_group,
+            config.k_min,
+            config.k_max,
+            config.entropy_alpha,
+        )
         d, g, m = config.hidden_size, config.num_groups, config.experts_per_group
         self.coarse = nn.Linear(d, g, bias=False)
         self.fine = StackedWeight(g, m, d)  # [G, M, d]
@@ -76,12 +83,12 @@ class AttentionRouter(nn.Module):
         ctx.write(layer, 1, rv)
         z = u.new_empty(t, g + g * m)  # [T, G+N]: z_g, then every group's expert logits
         entropy = u.new_empty(t)
-        divergence = u.new_empty(t) if ctx.return_aux else None
+        divergence = u.new_empty(t) if ctx.training is not None else None
         for seg, mix in zip(ctx.segments, mixes, strict=True):
             a_c, a_f = mix.coarse, mix.fine  # [B, Q, L]
             if divergence is not None:
                 seg.put(divergence, _kl_rows(a_c, a_f))
-            if ctx.detach_routing_attention:
+            if ctx.training is None or ctx.training.detach_routing_attention:
                 a_c, a_f = a_c.detach(), a_f.detach()
             z_seg, entropy_seg = self._sums(a_c, a_f, rv, ctx, layer, seg)
             seg.put(z, z_seg)
@@ -94,9 +101,10 @@ class AttentionRouter(nn.Module):
         """Group, experts, scores and K from z [T, G+N] and the coarse entropy [T]."""
         cfg = self.config
         t, g, m = z.shape[0], cfg.num_groups, cfg.experts_per_group
-        if cpu.enabled_for(z) and not ctx.return_aux:
+        k_override = ctx.training.k_override if ctx.training is not None else None
+        if cpu.enabled_for(z) and ctx.training is None:
             group, experts, scores, k, norm_entropy = cpu.route_decide(
-                z, entropy, ctx.positions, cfg, float(self.entropy_mean), ctx.k_override
+                z, entropy, ctx.positions, self.kernel_sizes, float(self.entropy_mean), k_override
             )
             return LayerRouting(group, experts, scores, k, norm_entropy)
         z_g = z[:, :g]
@@ -106,7 +114,7 @@ class AttentionRouter(nn.Module):
         )  # [T, M]
         p = torch.softmax(z_e, dim=-1)
         norm_entropy = self.normalised_entropy(entropy, ctx.positions)
-        k = self.cardinality(norm_entropy, ctx.k_override)
+        k = self.cardinality(norm_entropy, k_override)
         local, scores = top_experts(p, cfg.k_max, k)
         experts = torch.where(local >= 0, group[:, None] * m + local, local)
         return LayerRouting(
@@ -115,8 +123,8 @@ class AttentionRouter(nn.Module):
             scores=scores,
             k=k,
             entropy=norm_entropy,
-            group_logits=z_g if ctx.return_aux else None,
-            expert_logits=z_e if ctx.return_aux else None,
+            group_logits=z_g if ctx.training is not None else None,
+            expert_logits=z_e if ctx.training is not None else None,
             divergence=divergence,
         )
 
@@ -182,5 +190,5 @@ class LinearRouter(nn.Module):
             scores=scores,
             k=k,
             entropy=torch.zeros_like(p[:, 0]),
-            expert_logits=logits if ctx.return_aux else None,
+            expert_logits=logits if ctx.training is not None else None,
         )

@@ -16,7 +16,7 @@ class LayerRouting:
     scores: Tensor  # [T, K] s_k (0 beyond the token's K)
     k: Tensor  # [T] experts used by each token
     entropy: Tensor  # [T] normalised coarse entropy Hn (0 for the linear router)
-    # Training objective only (ForwardContext.return_aux):
+    # Training objective only (ForwardContext.training):
     group_logits: Tensor | None = None  # [T, G] z_g
     expert_logits: Tensor | None = (
         None  # [T, M] z_e in the chosen group ([T, N] gate logits, linear)

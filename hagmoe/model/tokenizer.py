@@ -15,7 +15,7 @@ from typing import Any
 
 import tokenizers
 
-from hagmoe.model.errors import TokenizerError
+from hagmoe.errors import TokenizerError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

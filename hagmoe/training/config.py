@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hagmoe.errors import ConfigError
 from hagmoe.model.config import MODEL_TYPE, ModelConfig, named_config
-from hagmoe.model.errors import ConfigError
 
 SOURCES = ("shakespeare", "text")
 

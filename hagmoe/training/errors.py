@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 
 
 class DataError(HagMoEError):

@@ -128,10 +128,12 @@ def objective(
     weights: LossWeights,
     valid: Tensor | None = None,
 ) -> LossTerms:
-    """Every term of MODEL.md's objective for one forward (run with return_aux=True) against
+    """Every term of MODEL.md's objective for one forward (run with training=TrainingOptions(...)) against
     targets [B, T]; valid [B, T] marks the tokens that count (default: all)."""
     if not output.routing:
-        raise ValueError("the objective needs the routing of forward_full(..., return_aux=True)")
+        raise ValueError(
+            "the objective needs the routing of forward_full(..., training=TrainingOptions())"
+        )
     flat = None if valid is None else valid.reshape(-1)  # [B*T]
     lm = lm_loss(output.logits, targets, valid)
     per_layer = [
@@ -156,7 +158,7 @@ def _router_terms(
     """(L_group, L_expert, L_div, L_z) of one layer over its valid tokens."""
     r = _select(routing, valid)
     if r.expert_logits is None:
-        raise ValueError("the objective needs forward_full(..., return_aux=True)")
+        raise ValueError("the objective needs forward_full(..., training=TrainingOptions())")
     zero = r.expert_logits.new_zeros(())
     if r.group_logits is None:
         return zero, switch_balance(r.experts, r.expert_logits), zero, z_loss(r.expert_logits)

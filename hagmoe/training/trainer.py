@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from hagmoe.model.checkpoint import save_model
+from hagmoe.model.context import TrainingOptions
 from hagmoe.model.factory import init_weights
 from hagmoe.model.model import HagMoEModel
 from hagmoe.training.checkpointing import TrainerState, load_state, save_state
@@ -153,9 +154,7 @@ class Trainer:
             group["lr"] = lr
         weights = loss_weights(step, cfg.objective)
         k_override = k_override_at(step, self.model.config, cfg.schedule.k_warmup_steps)
-        out = self.model.forward_full(
-            inputs, return_aux=True, detach_routing_attention=True, k_override=k_override
-        )
+        out = self.model.forward_full(inputs, training=TrainingOptions(k_override=k_override))
         terms = objective(self.model, out, targets, weights)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()

@@ -314,7 +314,9 @@ def test_route_decide_matches_torch_path(k_override: int | None) -> None:
     entropy = torch.rand(t, generator=gen) * 4
     positions = torch.randint(0, 300, (t,), generator=gen)
     positions[:3] = 0
-    group, experts, scores, k, hn = cpu.route_decide(z, entropy, positions, cfg, 0.3, k_override)
+    group, experts, scores, k, hn = cpu.route_decide(
+        z, entropy, positions, router.kernel_sizes, 0.3, k_override
+    )
     want_group = z[:, :g].argmax(-1)
     z_e = z[:, g:].view(t, g, m)[torch.arange(t), want_group]
     want_hn = router.normalised_entropy(entropy, positions)

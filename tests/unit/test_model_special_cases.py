@@ -14,6 +14,7 @@ from hagmoe.model import (
     FullOutput,
     HagMoEModel,
     ModelConfig,
+    TrainingOptions,
     named_config,
     random_model,
 )
@@ -162,7 +163,9 @@ def test_linear_router_ties_go_to_the_lowest_index() -> None:
 def test_scores_are_unnormalised_probabilities() -> None:
     model = model_for(k_min=1, k_max=4, entropy_alpha=3.0)
     with torch.no_grad():
-        out = model.forward_full(random_ids(model.config, 12), return_routing=True, return_aux=True)
+        out = model.forward_full(
+            random_ids(model.config, 12), return_routing=True, training=TrainingOptions()
+        )
     m = model.config.experts_per_group
     for r in out.routing:
         assert r.expert_logits is not None

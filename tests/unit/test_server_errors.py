@@ -8,8 +8,8 @@ import grpc
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from hagmoe.engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
-from hagmoe.model.errors import TokenizerError
+from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
+from hagmoe.errors import TokenizerError
 from server.errors import (
     ClientGone,
     DeadlineExceeded,
@@ -58,7 +58,7 @@ def test_engine_errors_map_to_service_errors() -> None:
     invalid = to_service_error(InvalidRequestError("top_p", "must lie in (0, 1], got 2"))
     assert isinstance(invalid, InvalidInput) and invalid.param == "top_p"
     assert invalid.message == "top_p: must lie in (0, 1], got 2"
-    overloaded = to_service_error(EngineOverloadedError("busy", retry_after=2.2))
+    overloaded = to_service_error(Overloaded("busy", retry_after=2.2))
     assert isinstance(overloaded, Overloaded) and overloaded.headers() == {"Retry-After": "3"}
     assert isinstance(to_service_error(EngineDeadError("gone")), Unavailable)
     assert isinstance(to_service_error(TokenizerError("bad id")), InvalidInput)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hagmoe.model import HagMoEModel, named_config, random_model
+from hagmoe.model import HagMoEModel, TrainingOptions, named_config, random_model
 from hagmoe.training.objective import (
     LossWeights,
     divergence_loss,
@@ -109,11 +109,11 @@ def test_model_divergence_is_zero_when_coarse_and_fine_heads_agree() -> None:
                 proj.weight[c * hd :] = proj.weight[: c * hd]
                 proj.bias[c * hd :] = proj.bias[: c * hd]
     ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    out = model.forward_full(ids, return_aux=True)
+    out = model.forward_full(ids, training=TrainingOptions())
     for r in out.routing:
         assert r.divergence is not None
         assert r.divergence.abs().max().item() < 1e-6
-    unchanged = random_model(cfg, seed=3).forward_full(ids, return_aux=True)
+    unchanged = random_model(cfg, seed=3).forward_full(ids, training=TrainingOptions())
     assert unchanged.routing[0].divergence is not None
     assert unchanged.routing[0].divergence.view(2, 12)[:, 1:].min().item() > 0
 
@@ -154,7 +154,7 @@ def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_objective_attention_terms_and_total() -> None:
     model = _model("attention")
     inputs, targets = _batch(model.config.vocab_size)
-    out = model.forward_full(inputs, return_aux=True)
+    out = model.forward_full(inputs, training=TrainingOptions())
     w = LossWeights(group=0.1, expert=0.2, div=0.3, gamma=0.4, z=0.05)
     terms = objective(model, out, targets, w)
     g = model.config.num_groups
@@ -183,13 +183,13 @@ def test_objective_attention_terms_and_total() -> None:
 def test_objective_gradients_are_finite_and_reach_routers_and_attention() -> None:
     model = _model("attention")
     inputs, targets = _batch(model.config.vocab_size)
-    out = model.forward_full(inputs, return_aux=True)
+    out = model.forward_full(inputs, training=TrainingOptions())
     only_div = objective(model, out, targets, LossWeights(div=1.0))
     (only_div.total - only_div.lm).backward()
     q = model.layers[0].attn.q_proj.weight.grad
     assert q is not None and torch.isfinite(q).all() and q.abs().sum() > 0
     model.zero_grad()
-    out = model.forward_full(inputs, return_aux=True)
+    out = model.forward_full(inputs, training=TrainingOptions())
     terms = objective(model, out, targets, LossWeights(1.0, 1.0, 1.0, 1.0, 1.0))
     terms.total.backward()
     for name, p in model.named_parameters():
@@ -202,7 +202,7 @@ def test_objective_gradients_are_finite_and_reach_routers_and_attention() -> Non
 def test_objective_linear_router_uses_switch_balance_and_gate_z_loss() -> None:
     model = _model("linear")
     inputs, targets = _batch(model.config.vocab_size)
-    out = model.forward_full(inputs, return_aux=True)
+    out = model.forward_full(inputs, training=TrainingOptions())
     terms = objective(model, out, targets, LossWeights(1.0, 1.0, 1.0, 0.0, 1.0))
     gates = [r.expert_logits for r in out.routing]
     assert all(g is not None and g.shape[-1] == model.config.num_experts for g in gates)
@@ -216,7 +216,7 @@ def test_objective_linear_router_uses_switch_balance_and_gate_z_loss() -> None:
 def test_objective_mask_drops_tokens_from_every_term() -> None:
     model = _model("attention")
     inputs, targets = _batch(model.config.vocab_size)
-    out = model.forward_full(inputs, return_aux=True)
+    out = model.forward_full(inputs, training=TrainingOptions())
     valid = torch.ones_like(targets, dtype=torch.bool)
     valid[1, 4:] = False
     masked = objective(model, out, targets, LossWeights(), valid)
@@ -236,7 +236,7 @@ def test_objective_mask_drops_tokens_from_every_term() -> None:
 def test_objective_requires_aux_outputs() -> None:
     model = _model("attention")
     inputs, targets = _batch(model.config.vocab_size)
-    with pytest.raises(ValueError, match="return_aux"):
+    with pytest.raises(ValueError, match="TrainingOptions"):
         objective(model, model.forward_full(inputs), targets, LossWeights())
-    with pytest.raises(ValueError, match="return_aux"):
+    with pytest.raises(ValueError, match="TrainingOptions"):
         objective(model, model.forward_full(inputs, return_routing=True), targets, LossWeights())

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from hagmoe.model import LayerRouting, named_config, random_model
+from hagmoe.model import LayerRouting, TrainingOptions, named_config, random_model
 from hagmoe.training.config import ObjectiveConfig, OptimizerConfig, Phase
 from hagmoe.training.schedules import (
     k_override_at,
@@ -67,7 +67,9 @@ def test_k_warmup_holds_k_at_k_min_then_releases_it() -> None:
     model = random_model(cfg, seed=0)
     ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     dynamic = model.forward_full(ids, return_routing=True)
-    held = model.forward_full(ids, return_routing=True, k_override=k_override_at(0, cfg, 3))
+    held = model.forward_full(
+        ids, return_routing=True, training=TrainingOptions(k_override=k_override_at(0, cfg, 3))
+    )
     assert any(int(r.k.max()) > cfg.k_min for r in dynamic.routing)
     for r in held.routing:
         assert (r.k == cfg.k_min).all()

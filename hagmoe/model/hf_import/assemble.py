@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from hagmoe.model.errors import CheckpointError
+from hagmoe.errors import CheckpointError
 from hagmoe.model.hf_import.tensor_plan import COPY, GATE_HALF, STACK, Plan, Source
 from hagmoe.model.hf_import.weight_files import WeightFiles
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hagmoe.model.errors import HagMoEError
+from hagmoe.errors import HagMoEError
 from hagmoe.model.hf_import.convert import import_hf
 from hagmoe.model.hf_import.registry import SUPPORTED_MODEL_TYPES
 

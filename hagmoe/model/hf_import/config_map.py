@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hagmoe.errors import ConfigError
 from hagmoe.model.config import MODEL_TYPE, ModelConfig
-from hagmoe.model.errors import ConfigError
 from hagmoe.model.hf_import.registry import family_for
 from hagmoe.model.hf_import.rope_params import rope_settings
 from hagmoe.model.hf_import.source_config import SourceConfig

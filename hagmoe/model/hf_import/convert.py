@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from hagmoe.errors import CheckpointError
 from hagmoe.model.checkpoint import load_model, save_model
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.errors import CheckpointError
 from hagmoe.model.hf_import.assemble import build_tensor, check_plan, stored_dtype
 from hagmoe.model.hf_import.config_map import native_config
 from hagmoe.model.hf_import.detect import hf_model_type, read_config_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hagmoe.model.errors import ConfigError
+from hagmoe.errors import ConfigError
 from hagmoe.model.hf_import.family import Family
 from hagmoe.model.hf_import.mixtral import MIXTRAL
 from hagmoe.model.hf_import.olmoe import OLMOE

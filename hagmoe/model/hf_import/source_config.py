@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from hagmoe.model.errors import ConfigError
+from hagmoe.errors import ConfigError
 
 
 @dataclass(slots=True, frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hagmoe.model.errors import CheckpointError
+from hagmoe.errors import CheckpointError
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -1,4 +1,4 @@
-"""Typed errors of the model package: configs and checkpoints."""
+"""The root of hagmoe's error tree, and the errors every package shares: configs, checkpoints, tokenizers."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from hagmoe.engine.baselines import naive_generate, static_batch_generate
+from hagmoe.bench.baselines import naive_generate, static_batch_generate
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
