@@ -1,8 +1,11 @@
-"""`hagmoe serve` as a subprocess on loopback free ports, for the comparison run."""
+"""`hagmoe serve` as a subprocess on free loopback ports: the one launcher that the comparison
+run (loadtests/compare.py) and the integration and deployment tests share."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,9 +17,11 @@ from types import TracebackType
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_TAIL = 4000
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free when asked."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -51,24 +56,47 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
-class ServeProcess:
-    """One `python -m hagmoe.cli serve` on 127.0.0.1; a context manager that always stops it."""
+def read_metric(url: str, name: str, labels: str = "") -> float:
+    """A sample's value from the Prometheus exposition at `url` (0 when absent); `labels` as
+    the exposition writes them, e.g. 'route="/generate",status="200"'."""
+    text = httpx.get(url, timeout=5).text
+    pattern = re.escape(name + ("{" + labels + "}" if labels else "")) + r" (\S+)"
+    match = re.search(r"^" + pattern + r"$", text, flags=re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
-    def __init__(self, model: Path, log: Path, threads: int, *extra: str) -> None:
+
+class ServeProcess:
+    """One `python -m hagmoe.cli serve` on 127.0.0.1, started by the constructor (without
+    waiting); `wait_ready()` waits for /ready. As a context manager it waits on entry and
+    stops on exit, also when start-up fails."""
+
+    def __init__(
+        self,
+        model: Path,
+        log: Path,
+        threads: int,
+        *extra: str,
+        log_level: str = "warning",
+        ready_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
         self.port, self.grpc_port = free_port(), free_port()
         self.log_path = log
-        self.args = [
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        args = [
             sys.executable, "-m", "hagmoe.cli", "serve",
             "--model", str(model),
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--grpc-port", str(self.grpc_port),
             "--threads", str(threads),
-            "--log-level", "warning",
+            "--log-level", log_level,
             *extra,
         ]  # fmt: skip
-        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        self.proc: subprocess.Popen[bytes] | None = None
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out)
 
     @property
     def url(self) -> str:
@@ -78,25 +106,51 @@ class ServeProcess:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 120.0) -> ServeProcess:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+    def wait_ready(self) -> None:
+        """Return once /ready answers 200; raise RuntimeError, with the log's tail, if the
+        process exits first or `ready_timeout` passes."""
+        wait_until_ready(
+            self.proc, self.url + "/ready", "hagmoe serve", self.log_tail, self.ready_timeout
+        )
+
+    def log(self) -> str:
+        """Everything the process has written to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        """The log's last LOG_TAIL characters."""
+        return self.log()[-LOG_TAIL:]
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM, SIGKILL after `stop_timeout`; the exit status (no-op once exited)."""
+        stop_process(self.proc, timeout=self.stop_timeout)
+        return self.proc.returncode
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """A sample's value from /metrics (0 when absent); see read_metric."""
+        return read_metric(self.url + "/metrics", name, labels)
+
+    def wait_metric(
+        self, name: str, target: float, labels: str = "", timeout: float = 5.0
+    ) -> float:
+        """The sample's value once it equals target, or its last value after timeout."""
+        deadline = time.monotonic() + timeout
+        value = self.metric(name, labels)
+        while value != target and time.monotonic() < deadline:
+            time.sleep(0.05)
+            value = self.metric(name, labels)
+        return value
+
+    def __enter__(self) -> ServeProcess:
         try:
-            wait_until_ready(self.proc, self.url + "/ready", "hagmoe serve", self.log, timeout)
-        except RuntimeError:
+            self.wait_ready()
+        except BaseException:
             self.stop()
             raise
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=30)
-
-    def __enter__(self) -> ServeProcess:
-        return self.start()
 
     def __exit__(
         self,

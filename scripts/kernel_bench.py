@@ -14,6 +14,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 import hagmoe.model.experts as experts_module
 from hagmoe.kernels import cpu
 from hagmoe.model import random_model
+from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.model import HagMoEModel
 
 
@@ -37,7 +39,7 @@ def median_seconds(fn: Callable[[], object], repeats: int, calls: int) -> float:
 
 def moe_rows(model: HagMoEModel, tokens: int, repeats: int) -> str:
     cfg = model.config
-    layers = [layer.experts for layer in model.layers]
+    layers = [cast(DecoderLayer, layer).experts for layer in model.layers]
     g = torch.Generator().manual_seed(tokens)
     x = torch.randn(tokens, cfg.hidden_size, generator=g)
     chosen = torch.stack([torch.randperm(cfg.num_experts, generator=g)[: cfg.k_max] for _ in x])

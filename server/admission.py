@@ -1,4 +1,5 @@
-"""Admission control: at most N requests generate at once, at most Q wait; beyond that, 429."""
+"""Admission control: at most N requests generate at once, at most Q wait; beyond that, 429.
+The one count of the server's in-flight and queued requests: draining and the gauges read it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Admission:
         self.max_queue = max_queue
         self._free = max_concurrent
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._mean_duration = 1.0
 
     @property
@@ -27,6 +29,33 @@ class Admission:
     @property
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and self.waiting == 0
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until no request runs or waits; True if that happened."""
+        if self.idle:
+            return True
+        idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(idle)
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), timeout)
+        except TimeoutError:
+            return self.idle
+        finally:
+            if idle in self._idle_waiters:
+                self._idle_waiters.remove(idle)
+        return True
+
+    def _notify_if_idle(self) -> None:
+        if not self.idle:
+            return
+        for idle in self._idle_waiters:
+            if not idle.done():
+                idle.set_result(None)
+        self._idle_waiters.clear()
 
     def retry_after(self) -> float:
         backlog = self.waiting + 1
@@ -65,6 +94,7 @@ class Admission:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+            self._notify_if_idle()
 
     def _give_back(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done() and not waiter.cancelled():
@@ -81,3 +111,4 @@ class Admission:
                 return
         self._free += 1
         assert self._free <= self.max_concurrent
+        self._notify_if_idle()

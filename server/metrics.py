@@ -15,6 +15,7 @@ from prometheus_client import (
 
 from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.outputs import RequestOutput
+from server.admission import Admission
 from server.routing_metrics import RoutingCollector
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ class Metrics:
             info.num_layers, info.num_experts, info.num_groups, info.max_experts_per_token
         )
         r.register(self.routing)
+
+    def watch_admission(self, admission: Admission) -> None:
+        """The server queue and in-flight gauges read the admission gate's own counts."""
+        self.server_queue.set_function(lambda: admission.waiting)
+        self.in_flight.set_function(lambda: admission.running)
 
     def on_step(self, stats: StepStats, outputs: list[RequestOutput]) -> None:
         """The engine's step listener (engine thread): cheap gauge sets and bulk adds only."""

@@ -48,8 +48,9 @@ def build_context(settings: Settings) -> tuple[ServerContext, AsyncEngine]:
     metrics = Metrics(info)
     engine.step_listener = metrics.on_step
     limits = Limits.resolve(settings, info)
-    lifecycle = Lifecycle()
     admission = Admission(settings.max_concurrent_requests, settings.max_queue)
+    metrics.watch_admission(admission)
+    lifecycle = Lifecycle(admission)
     tokenizer = engine.tokenizer
     specials = {"bos_token": "", "eos_token": ""}
     if tokenizer is not None:
@@ -67,7 +68,7 @@ def build_context(settings: Settings) -> tuple[ServerContext, AsyncEngine]:
         metrics=metrics,
         lifecycle=lifecycle,
         keys=KeyRing(settings.api_keys),
-        service=GenerationService(engine, limits, admission, metrics, lifecycle),
+        service=GenerationService(engine, limits, admission, metrics),
         view=TokenView(tokenizer),
         chat=ChatTemplate(tokenizer.chat_template if tokenizer else None, **specials),
         created=int(time.time()),
@@ -192,8 +193,11 @@ async def _shutdown(
 ) -> None:
     """Readiness and gRPC health go NOT_SERVING, in-flight requests get drain_timeout, then stop."""
     s = ctx.settings
-    in_flight = ctx.lifecycle.in_flight
-    logger.info("draining", extra={"in_flight": in_flight, "drain_timeout": s.drain_timeout})
+    gate = ctx.lifecycle.admission
+    logger.info(
+        "draining",
+        extra={"in_flight": gate.running, "queued": gate.waiting, "drain_timeout": s.drain_timeout},
+    )
     ctx.lifecycle.draining = True
     if grpc_frontend is not None:
         await grpc_frontend.set_serving(False)
@@ -202,7 +206,7 @@ async def _shutdown(
     drained = drain.done() and drain.result()
     if not drained:
         drain.cancel()
-        logger.warning("drain timed out", extra={"in_flight": ctx.lifecycle.in_flight})
+        logger.warning("drain timed out", extra={"in_flight": gate.running, "queued": gate.waiting})
     http.should_exit = True
     http.force_exit = not drained
     if grpc_frontend is not None:

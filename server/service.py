@@ -11,11 +11,11 @@ from typing import cast
 
 from hagmoe.engine.client import EngineClient
 from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from server.admission import Admission
 from server.completion import Completion
 from server.errors import DeadlineExceeded, Unavailable, to_service_error
-from server.lifecycle import Lifecycle
 from server.limits import Limits
 from server.metrics import Metrics
 
@@ -35,23 +35,17 @@ class GenerationCall:
 class GenerationStream:
     """An admitted request: iterate it once for its outputs; close() frees its slot."""
 
-    def __init__(
-        self, service: GenerationService, call: GenerationCall, deadline: float | None, start: float
-    ) -> None:
+    def __init__(self, service: GenerationService, request: Request, start: float) -> None:
         self.service = service
-        self.call = call
-        self.deadline = deadline
+        self.request = request
         self.start = start
         self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
-        svc, call = self.service, self.call
+        svc = self.service
         last: float | None = None
         try:
-            outputs = cast(
-                AsyncGenerator[RequestOutput, None],
-                svc.engine.generate(call.prompt_ids, call.params, call.request_id, self.deadline),
-            )
+            outputs = cast(AsyncGenerator[RequestOutput, None], svc.engine.generate(self.request))
             async with aclosing(outputs):
                 async for out in outputs:
                     now = time.monotonic()
@@ -96,8 +90,6 @@ class GenerationStream:
             return
         self._closed = True
         self.service.admission.release(time.monotonic() - self.start)
-        self.service.lifecycle.leave()
-        self.service.metrics.in_flight.dec()
 
 
 class GenerationService:
@@ -107,36 +99,29 @@ class GenerationService:
         limits: Limits,
         admission: Admission,
         metrics: Metrics,
-        lifecycle: Lifecycle,
     ) -> None:
         self.engine = engine
         self.limits = limits
         self.admission = admission
         self.metrics = metrics
-        self.lifecycle = lifecycle
 
-    def check(self, call: GenerationCall) -> None:
-        """Raise the request's error now (before it queues): draining, limits, parameters."""
-        self.lifecycle.check_accepting()
+    def make_request(self, call: GenerationCall, deadline: float | None) -> Request:
+        """The request's error now, before it queues: server limits, then the engine's one
+        validation. Draining is refused by each frontend's gate, before the body is read."""
         self.limits.check(len(call.prompt_ids), call.params.max_new_tokens)
         try:
-            self.engine.validate(call.prompt_ids, call.params)
+            return self.engine.make_request(call.prompt_ids, call.params, call.request_id, deadline)
         except Exception as exc:
             raise to_service_error(exc) from exc
 
     async def open(self, call: GenerationCall) -> GenerationStream:
-        """Check, then wait for a slot (until the deadline); the caller must close() the stream."""
+        """Validate, then wait for a slot (until the deadline); the caller must close() the
+        stream."""
         start = time.monotonic()
-        self.check(call)
         deadline = self.limits.deadline(call.timeout)
-        self.metrics.server_queue.inc()
-        try:
-            await self.admission.acquire(deadline)
-        finally:
-            self.metrics.server_queue.dec()
-        self.lifecycle.enter()
-        self.metrics.in_flight.inc()
-        return GenerationStream(self, call, deadline, start)
+        request = self.make_request(call, deadline)
+        await self.admission.acquire(deadline)
+        return GenerationStream(self, request, start)
 
     async def complete(self, call: GenerationCall) -> Completion:
         """Run a request to the end and return everything it generated."""

@@ -98,7 +98,7 @@ class TgiFrontend:
                             "finish_reason": reason,
                             "generated_tokens": out.num_output_tokens,
                             "input_length": out.num_prompt_tokens,
-                            "seed": stream.call.params.seed,
+                            "seed": stream.request.sampling_params.seed,
                         }
                     yield sse_event(event)
         except Exception as exc:

@@ -17,8 +17,9 @@ from typing import Any
 
 from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.engine_core import EngineCore, StepStats
-from hagmoe.engine.errors import EngineDeadError
+from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
 from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.kernels.openmp import release_thread_team
 from hagmoe.model.tokenizer import Tokenizer
@@ -30,10 +31,7 @@ StepListener = Callable[[StepStats, list[RequestOutput]], None]
 
 @dataclass(slots=True)
 class _Add:
-    request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    deadline: float | None
+    request: Request
 
 
 @dataclass(slots=True)
@@ -91,26 +89,30 @@ class AsyncEngine:
     def model_info(self) -> ModelInfo:
         return ModelInfo.from_core(self.core)
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Raise InvalidRequestError now, before the request is queued."""
-        self.core.validate(prompt_token_ids, params)
-
-    async def generate(
+    def make_request(
         self,
         prompt_token_ids: list[int],
         params: SamplingParams,
         request_id: str | None = None,
         deadline: float | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs; leaving the iterator early aborts the request."""
-        if not self.is_alive or self._stopping:
-            raise EngineDeadError("the engine is not running")
-        self.validate(prompt_token_ids, params)
+    ) -> Request:
+        """Validate now, on the caller's thread, and give the request a unique engine id;
+        raises InvalidRequestError naming the field, or EngineDeadError."""
+        self._check_running()
         rid = f"{request_id or 'req'}-{next(self._ids)}"
+        return self.core.make_request(rid, prompt_token_ids, params, deadline)
+
+    async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
+        """Stream the outputs of a request from make_request (opaque to the caller); leaving
+        the iterator early aborts it."""
+        self._check_running()
+        rid = request.request_id
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         with self._lock:
+            if rid in self._streams:
+                raise InvalidRequestError("request_id", f"{rid!r} is already streaming")
             self._streams[rid] = (asyncio.get_running_loop(), stream)
-        self._commands.put(_Add(rid, list(prompt_token_ids), params, deadline))
+        self._commands.put(_Add(request))
         finished = False
         try:
             while not finished:
@@ -124,6 +126,10 @@ class AsyncEngine:
                 self._streams.pop(rid, None)
             if not finished:
                 self._commands.put(_Abort(rid))
+
+    def _check_running(self) -> None:
+        if not self.is_alive or self._stopping:
+            raise EngineDeadError("the engine is not running")
 
     def abort(self, request_id: str) -> None:
         """Abort a request by the id the engine gave it (RequestOutput.request_id)."""
@@ -156,17 +162,24 @@ class AsyncEngine:
             if command is None:
                 return False
             if isinstance(command, _Add):
-                if command.request_id in self._streams:
-                    self.core.add_request(
-                        command.request_id,
-                        command.prompt_token_ids,
-                        command.params,
-                        command.deadline,
-                    )
+                self._enqueue(command.request)
             else:
                 out = self.core.abort_request(command.request_id)
                 if out is not None:
                     self._deliver([out])
+
+    def _enqueue(self, request: Request) -> None:
+        """Queue a request whose caller still listens; a failure ends that request alone."""
+        with self._lock:
+            target = self._streams.get(request.request_id)
+        if target is None:
+            return
+        try:
+            self.core.enqueue(request)
+        except Exception as exc:
+            logger.warning("request %s refused by the engine: %s", request.request_id, exc)
+            with contextlib.suppress(RuntimeError):
+                target[0].call_soon_threadsafe(target[1].put_nowait, exc)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """One wake-up per event loop per step, however many requests it streams."""

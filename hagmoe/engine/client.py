@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -60,7 +61,8 @@ class ModelInfo:
 
 
 class EngineClient(Protocol):
-    """generate -> async stream of outputs, abort, health, model info."""
+    """make_request (validates) -> generate (async stream of outputs), abort, health, model
+    info."""
 
     @property
     def tokenizer(self) -> Tokenizer | None: ...
@@ -70,14 +72,16 @@ class EngineClient(Protocol):
 
     def model_info(self) -> ModelInfo: ...
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
-
-    def generate(
+    def make_request(
         self,
         prompt_token_ids: list[int],
         params: SamplingParams,
         request_id: str | None = None,
         deadline: float | None = None,
-    ) -> AsyncIterator[RequestOutput]: ...
+    ) -> Request:
+        """Validate (the one validation) and build a request, opaque to the caller."""
+        ...
+
+    def generate(self, request: Request) -> AsyncIterator[RequestOutput]: ...
 
     def abort(self, request_id: str) -> None: ...

@@ -66,18 +66,20 @@ class EngineCore:
             return self.model.config.eos_token_id
         return self.tokenizer.eos_token_id if self.tokenizer is not None else None
 
-    def add_request(
+    def make_request(
         self,
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams | None = None,
         deadline: float | None = None,
     ) -> Request:
-        """Validate and queue a request; raises InvalidRequestError naming the field."""
+        """Validate a request and build its state; the one validation every path runs. Pure
+        (touches no engine state), so any thread may call it; raises InvalidRequestError
+        naming the field."""
         params = params or SamplingParams()
-        self.validate(prompt_token_ids, params)
-        if request_id in self.scheduler.requests:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        params.validate(self.model.config.vocab_size)
+        assert self.config.max_model_len is not None
+        validate_prompt(prompt_token_ids, self.config.max_model_len, self.model.config.vocab_size)
         request = Request(
             request_id, list(prompt_token_ids), params, self.eos_token_id, deadline=deadline
         )
@@ -85,14 +87,25 @@ class EngineCore:
             request.detokenizer = IncrementalDetokenizer(
                 self.tokenizer, request.prompt_token_ids, params.stop, params.skip_special_tokens
             )
-        self.scheduler.add_request(request)
         return request
 
-    def validate(self, prompt: list[int], params: SamplingParams) -> None:
-        """Raise InvalidRequestError if the prompt or the parameters break a limit (pure)."""
-        params.validate(self.model.config.vocab_size)
-        assert self.config.max_model_len is not None
-        validate_prompt(prompt, self.config.max_model_len, self.model.config.vocab_size)
+    def enqueue(self, request: Request) -> None:
+        """Queue a request made by make_request; InvalidRequestError if its id is in flight."""
+        if request.request_id in self.scheduler.requests:
+            raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
+        self.scheduler.add_request(request)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams | None = None,
+        deadline: float | None = None,
+    ) -> Request:
+        """make_request, then enqueue: the synchronous callers' one call."""
+        request = self.make_request(request_id, prompt_token_ids, params, deadline)
+        self.enqueue(request)
+        return request
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now and free its cache; None if it is not in flight."""

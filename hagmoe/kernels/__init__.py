@@ -1,1 +1,2 @@
-"""Hand-written kernels for the shapes where library GEMMs fall short (decode-sized batches)."""
+"""Hand-written float32 CPU kernels for the shapes where library GEMMs and torch's small ops fall
+short (decode rows, short prefill chunks), and the OpenMP thread-team release the engine uses."""

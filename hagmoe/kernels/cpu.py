@@ -7,7 +7,8 @@ is False and callers keep their torch path; HAGMOE_CPU_KERNELS=0 turns the kerne
 only without autograd (serving).
 
 Legend: m rows, k inner size, n output columns, P (token, expert) pairs, T tokens, E experts,
-d hidden size, F expert FFN size.
+d hidden size, F expert FFN size, B sequences, Q query rows per sequence, H query heads, hd head
+dim, L key positions, G groups, N experts (G x experts per group).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def library() -> ctypes.CDLL | None:
 
 
 def enabled_for(x: Tensor) -> bool:
-    """Whether the kernels serve computations on x: float32 on the CPU, autograd off."""
+    """Whether the kernels serve computations on x: float32 on the CPU, autograd off, not being
+    traced or compiled, and the library loaded."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32

@@ -1,14 +1,22 @@
-/* Float32 CPU kernels for serving batch sizes, where MKL's GEMMs run well below the machine's
- * peak: a dense linear and the SwiGLU experts of one MoE layer, both over weights packed in
- * panels, and decode attention that reads K/V in place from the paged cache.
+/* Float32 CPU kernels for serving batch sizes, where MKL's GEMMs and torch's small ops run well
+ * below the machine's peak. Five entry points:
+ *   hagmoe_linear           a dense linear over weights packed in panels;
+ *   hagmoe_moe_swiglu       the SwiGLU experts of one MoE layer over packed panels;
+ *   hagmoe_paged_attention  attention of query rows (decode rows and prefill chunks) that reads
+ *                           K/V in place from the paged cache, and the router's head means;
+ *   hagmoe_route_sums       the attention router's sums over the paged routing-value cache in
+ *                           place, and the coarse attention's entropy;
+ *   hagmoe_route_decide     the router's group, K, expert and score decisions.
  *
  * Every output element is summed in the same order whatever the other rows are (batch-invariant).
- * Threads take whole output panels (attention: sequences), so no two write the same element.
- * The MoE sizes and the attention head dim have the alignment the Python side checks.
+ * Threads take whole output panels (linear, experts) or whole query rows (attention), so no two
+ * write the same element; the two router kernels run on the calling thread. The MoE sizes and
+ * the attention head dim have the alignment the Python side checks.
  *
  * Legend: m input rows, k inner size, n output columns, T tokens, K experts per token,
  * P (token, expert) pairs sorted by expert, d hidden size, F expert FFN size, E experts,
- * B sequences, H query heads, L key positions.
+ * B sequences, Q query rows per sequence, H query heads, L key positions, bs block size,
+ * G groups, M experts per group, N = G * M.
  */
 #include <math.h>
 #include <omp.h>

@@ -15,7 +15,9 @@ import pytest
 from deploy_support import KUBERNETES, ROOT, load_yaml
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from live_server import ServerProcess, save_tiny_model
+from live_server import launch_server, save_tiny_model
+
+from loadtests.server_process import ServeProcess
 
 MODEL_NAME = "tiny"
 # What the Kubernetes ConfigMap sets, except where the server must listen (the test's
@@ -37,7 +39,7 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def send_traffic(server: ServerProcess) -> None:
+def send_traffic(server: ServeProcess) -> None:
     """A few requests of each kind, so every request metric has samples."""
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for prompt in ("Hello", "Hello there"):
@@ -72,11 +74,11 @@ def live_server(
     deploy_model_dir: Path,
     configmap_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServerProcess]:
+) -> Iterator[ServeProcess]:
     """One server for the deployment tests, started under the ConfigMap's settings."""
     log = tmp_path_factory.mktemp("deploy-logs") / "server.log"
     with environment(configmap_env):
-        server = ServerProcess(deploy_model_dir, log, "--served-model-name", MODEL_NAME)
+        server = launch_server(deploy_model_dir, log, "--served-model-name", MODEL_NAME)
     try:
         server.wait_ready()
         send_traffic(server)

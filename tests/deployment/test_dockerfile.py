@@ -16,7 +16,8 @@ from pathlib import Path
 import dockerfile
 import pytest
 from deploy_support import HEALTHCHECK, ROOT, run_tool, tool
-from live_server import ServerProcess, free_port
+
+from loadtests.server_process import ServeProcess, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 MAKEFILE = ROOT / "Makefile"
@@ -273,7 +274,7 @@ def test_hadolint_finds_nothing() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
-def test_healthcheck_script_passes_on_a_live_server(live_server: ServerProcess, host: str) -> None:
+def test_healthcheck_script_passes_on_a_live_server(live_server: ServeProcess, host: str) -> None:
     env = {"HAGMOE_HOST": host, "HAGMOE_PORT": str(live_server.port)}
     proc = run_tool([sys.executable, str(HEALTHCHECK)], ok=False, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -17,14 +17,15 @@ from deploy_support import (
     load_yaml,
     metric_names,
 )
-from live_server import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.server_process import ServeProcess
 
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job"}
 
 
-def exposed(server: ServerProcess) -> dict[str, set[str]]:
+def exposed(server: ServeProcess) -> dict[str, set[str]]:
     """Sample name (with _bucket/_sum/_count/_total) -> the label names it carries."""
     text = httpx.get(server.url + "/metrics", timeout=10).text
     samples: dict[str, set[str]] = {}
@@ -42,7 +43,7 @@ def autoscaler_metrics() -> set[str]:
     return names
 
 
-def test_everything_read_is_exposed(live_server: ServerProcess) -> None:
+def test_everything_read_is_exposed(live_server: ServeProcess) -> None:
     samples = exposed(live_server)
     board: dict[str, Any] = json.loads(DASHBOARD.read_text())
     sources = {
@@ -60,7 +61,7 @@ def test_everything_read_is_exposed(live_server: ServerProcess) -> None:
     assert not missing, f"the autoscaler reads {missing}"
 
 
-def test_the_names_in_the_architecture_are_all_exposed(live_server: ServerProcess) -> None:
+def test_the_names_in_the_architecture_are_all_exposed(live_server: ServeProcess) -> None:
     samples = exposed(live_server)
     for name in (
         "hagmoe_requests_total",

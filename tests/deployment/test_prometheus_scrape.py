@@ -22,9 +22,8 @@ from deploy_support import (
     grafana_to_promql,
     tool,
 )
-from live_server import ServerProcess
 
-from loadtests.server_process import free_port, stop_process, wait_until_ready
+from loadtests.server_process import ServeProcess, free_port, stop_process, wait_until_ready
 
 START_TIMEOUT = 30.0
 SCRAPE = "1s"
@@ -84,7 +83,7 @@ class PrometheusProcess:
         self._log.close()
 
 
-def scrape_config(server: ServerProcess, folder: Path) -> Path:
+def scrape_config(server: ServeProcess, folder: Path) -> Path:
     """The repository's prometheus.yml, pointed at the test server and scraping every second."""
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=SCRAPE, evaluation_interval=SCRAPE)
@@ -102,7 +101,7 @@ def scrape_config(server: ServerProcess, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    live_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+    live_server: ServeProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrometheusProcess]:
     folder = tmp_path_factory.mktemp("prometheus")
     process = PrometheusProcess(scrape_config(live_server, folder), folder)
@@ -113,7 +112,7 @@ def prometheus(
         process.stop()
 
 
-def generate(server: ServerProcess, n: int) -> None:
+def generate(server: ServeProcess, n: int) -> None:
     body = {"inputs": "Scrape me", "parameters": {"max_new_tokens": 3, "ignore_eos": True}}
     for _ in range(n):
         httpx.post(server.url + "/generate", json=body, timeout=30).raise_for_status()
@@ -124,7 +123,7 @@ def value(result: list[dict[str, Any]]) -> float:
 
 
 def test_prometheus_scrapes_hagmoe_series(
-    live_server: ServerProcess, prometheus: PrometheusProcess
+    live_server: ServeProcess, prometheus: PrometheusProcess
 ) -> None:
     prometheus.wait_for('up{job="hagmoe"}', lambda r: value(r) == 1)
     generate(live_server, 3)
@@ -162,7 +161,7 @@ def test_alert_rules_load_and_evaluate_quietly(prometheus: PrometheusProcess) ->
 
 
 def test_every_dashboard_query_runs(
-    live_server: ServerProcess, prometheus: PrometheusProcess
+    live_server: ServeProcess, prometheus: PrometheusProcess
 ) -> None:
     generate(live_server, 2)
     # rate() needs two scrapes of the traffic inside the window.

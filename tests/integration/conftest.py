@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import KEYS, ServerProcess, save_tiny_model
+from live_server import KEYS, launch_server, save_tiny_model
+
+from loadtests.server_process import ServeProcess
 
 
 @pytest.fixture(scope="session")
@@ -17,20 +19,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def launched(
     model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, ServerProcess]]:
+) -> Iterator[dict[str, ServeProcess]]:
     """The shared servers, started together so their start-up overlaps."""
     logs = tmp_path_factory.mktemp("logs")
     key_file = logs / "keys.txt"
     key_file.write_text(f"# keys\n{KEYS[1]}\n")
     servers = {
-        "main": ServerProcess(model_dir, logs / "main.log", "--served-model-name", "tiny"),
-        "strict": ServerProcess(
+        "main": launch_server(model_dir, logs / "main.log", "--served-model-name", "tiny"),
+        "strict": launch_server(
             model_dir,
             logs / "strict.log",
             *("--api-key", KEYS[0], "--api-key-file", str(key_file)),
             *("--max-concurrent-requests", "1", "--max-queue", "0", "--max-body-bytes", "2048"),
         ),
-        "drain": ServerProcess(model_dir, logs / "drain.log", "--drain-timeout", "20"),
+        "drain": launch_server(model_dir, logs / "drain.log", "--drain-timeout", "20"),
     }
     try:
         yield servers
@@ -40,13 +42,13 @@ def launched(
 
 
 @pytest.fixture(scope="session")
-def server(launched: dict[str, ServerProcess]) -> ServerProcess:
+def server(launched: dict[str, ServeProcess]) -> ServeProcess:
     launched["main"].wait_ready()
     return launched["main"]
 
 
 @pytest.fixture(scope="session")
-def strict(launched: dict[str, ServerProcess]) -> ServerProcess:
+def strict(launched: dict[str, ServeProcess]) -> ServeProcess:
     launched["strict"].wait_ready()
     return launched["strict"]
 
@@ -57,7 +59,7 @@ def auth() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def draining(launched: dict[str, ServerProcess]) -> ServerProcess:
+def draining(launched: dict[str, ServeProcess]) -> ServeProcess:
     """A server for the one test that sends it SIGTERM."""
     launched["drain"].wait_ready()
     return launched["drain"]

@@ -11,8 +11,9 @@ import httpx
 import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from live_server import KEYS, ServerProcess
+from live_server import KEYS
 
+from loadtests.server_process import ServeProcess
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 
@@ -21,7 +22,7 @@ LONG = {"inputs": "Hi", "parameters": {"max_new_tokens": 480, "ignore_eos": True
 
 
 @pytest.fixture(scope="module")
-def stub(strict: ServerProcess) -> Iterator[pb_grpc.GenerationStub]:
+def stub(strict: ServeProcess) -> Iterator[pb_grpc.GenerationStub]:
     with grpc.insecure_channel(strict.grpc_target) as channel:
         yield pb_grpc.GenerationStub(channel)
 
@@ -30,7 +31,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_rest_keys(strict: ServerProcess) -> None:
+def test_rest_keys(strict: ServeProcess) -> None:
     missing = httpx.post(strict.url + "/generate", json=SHORT)
     assert missing.status_code == 401 and missing.json()["error_type"] == "unauthorized"
     wrong = httpx.post(strict.url + "/generate", json=SHORT, headers=bearer("nope"))
@@ -45,7 +46,7 @@ def test_rest_keys(strict: ServerProcess) -> None:
         assert httpx.get(strict.url + open_path).status_code == 200
 
 
-def test_openai_client_with_and_without_key(strict: ServerProcess) -> None:
+def test_openai_client_with_and_without_key(strict: ServeProcess) -> None:
     good = openai.OpenAI(base_url=strict.url + "/v1", api_key=KEYS[0], max_retries=0)
     assert good.models.list().data
     bad = openai.OpenAI(base_url=strict.url + "/v1", api_key="wrong", max_retries=0)
@@ -53,7 +54,7 @@ def test_openai_client_with_and_without_key(strict: ServerProcess) -> None:
         bad.models.list()
 
 
-def test_grpc_keys(strict: ServerProcess, stub: pb_grpc.GenerationStub) -> None:
+def test_grpc_keys(strict: ServeProcess, stub: pb_grpc.GenerationStub) -> None:
     req = pb.TokenizeRequest(text="a")
     for metadata in ((), (("authorization", "Bearer nope"),)):
         with pytest.raises(grpc.RpcError) as info:
@@ -71,7 +72,7 @@ def test_grpc_keys(strict: ServerProcess, stub: pb_grpc.GenerationStub) -> None:
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_body_too_large_is_413(strict: ServerProcess, auth: dict[str, str]) -> None:
+def test_body_too_large_is_413(strict: ServeProcess, auth: dict[str, str]) -> None:
     big = {"inputs": "x" * 4096}
     r = httpx.post(strict.url + "/generate", json=big, headers=auth)
     assert r.status_code == 413 and r.json()["error_type"] == "payload_too_large"
@@ -87,7 +88,7 @@ def test_body_too_large_is_413(strict: ServerProcess, auth: dict[str, str]) -> N
 
 
 def test_burst_beyond_the_limits_is_429(
-    strict: ServerProcess, stub: pb_grpc.GenerationStub, auth: dict[str, str]
+    strict: ServeProcess, stub: pb_grpc.GenerationStub, auth: dict[str, str]
 ) -> None:
     result: dict[str, httpx.Response] = {}
     running = threading.Thread(

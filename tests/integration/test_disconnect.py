@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import httpx
-from live_server import ServerProcess, sse_events
+from live_server import sse_events
+
+from loadtests.server_process import ServeProcess
 
 LONG = {"inputs": "Hello", "parameters": {"max_new_tokens": 480, "ignore_eos": True}}
 CANCELLED = 'outcome="cancelled",route="{}"'
 
 
-def assert_freed(server: ServerProcess, generated_before: float) -> None:
+def assert_freed(server: ServeProcess, generated_before: float) -> None:
     assert server.wait_metric("hagmoe_kv_cache_usage_ratio", 0.0) == 0.0
     assert server.wait_metric("hagmoe_num_requests_running", 0.0) == 0.0
     assert server.wait_metric("hagmoe_server_requests_in_flight", 0.0) == 0.0
     assert server.metric("hagmoe_generation_tokens_total") - generated_before < 480
 
 
-def test_stream_disconnect_aborts(server: ServerProcess) -> None:
+def test_stream_disconnect_aborts(server: ServeProcess) -> None:
     before = server.metric("hagmoe_generation_tokens_total")
     cancelled = server.metric("hagmoe_requests_total", CANCELLED.format("/generate_stream"))
     with httpx.stream("POST", server.url + "/generate_stream", json=LONG, timeout=30) as r:
@@ -29,7 +31,7 @@ def test_stream_disconnect_aborts(server: ServerProcess) -> None:
     assert server.wait_metric("hagmoe_requests_total", cancelled + 1, label) == cancelled + 1
 
 
-def test_openai_stream_disconnect_aborts(server: ServerProcess) -> None:
+def test_openai_stream_disconnect_aborts(server: ServeProcess) -> None:
     before = server.metric("hagmoe_generation_tokens_total")
     body = {
         "model": "tiny",
@@ -43,7 +45,7 @@ def test_openai_stream_disconnect_aborts(server: ServerProcess) -> None:
     assert_freed(server, before)
 
 
-def test_unary_disconnect_aborts(server: ServerProcess) -> None:
+def test_unary_disconnect_aborts(server: ServeProcess) -> None:
     before = server.metric("hagmoe_generation_tokens_total")
     cancelled = server.metric("hagmoe_requests_total", CANCELLED.format("/generate"))
     try:

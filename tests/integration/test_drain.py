@@ -11,15 +11,15 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from live_server import ServerProcess
 
+from loadtests.server_process import ServeProcess
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 
 LONG = {"inputs": "Hello", "parameters": {"max_new_tokens": 480, "ignore_eos": True}}
 
 
-def test_sigterm_drains_then_exits_zero(draining: ServerProcess) -> None:
+def test_sigterm_drains_then_exits_zero(draining: ServeProcess) -> None:
     server = draining
     result: dict[str, httpx.Response] = {}
     worker = threading.Thread(

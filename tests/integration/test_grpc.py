@@ -8,14 +8,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from live_server import ServerProcess
 
+from loadtests.server_process import ServeProcess
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
-def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+def channel(server: ServeProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server.grpc_target) as ch:
         yield ch
 
@@ -85,7 +85,7 @@ def test_invalid_argument(
 
 
 def test_deadline_exceeded_frees_the_cache(
-    stub: pb_grpc.GenerationStub, server: ServerProcess
+    stub: pb_grpc.GenerationStub, server: ServeProcess
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Generate(request(max_new_tokens=480), timeout=0.15)
@@ -95,7 +95,7 @@ def test_deadline_exceeded_frees_the_cache(
 
 
 def test_cancelled_stream_frees_the_cache(
-    stub: pb_grpc.GenerationStub, server: ServerProcess
+    stub: pb_grpc.GenerationStub, server: ServeProcess
 ) -> None:
     generated = server.metric("hagmoe_generation_tokens_total")
     call = stub.GenerateStream(request(max_new_tokens=480), timeout=30)

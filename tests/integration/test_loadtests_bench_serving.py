@@ -10,22 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from live_server import KEYS, ServerProcess
+from live_server import KEYS
 
 from loadtests.bench_serving import ServingConfig, main, run_benchmark
 from loadtests.prompts import DatasetSpec, make_dataset
+from loadtests.server_process import ServeProcess
 
 STATS = ("ttft", "tpot", "itl", "e2el")
 SPEC = DatasetSpec("random", 6, input_len=12, output_len=2, output_max=6, seed=3)
 
 
-def bench(server: ServerProcess, backend: str, **overrides: Any) -> dict[str, Any]:
+def bench(server: ServeProcess, backend: str, **overrides: Any) -> dict[str, Any]:
     cfg = replace(ServingConfig(backend, server.url, server.grpc_target), **overrides)
     return asyncio.run(run_benchmark(cfg, make_dataset(SPEC).requests))
 
 
 @pytest.mark.parametrize("backend", ["tgi", "openai", "openai-chat", "grpc"])
-def test_report_fields(server: ServerProcess, backend: str) -> None:
+def test_report_fields(server: ServeProcess, backend: str) -> None:
     slos = {"ttft": 60_000.0, "tpot": 60_000.0, "e2el": 60_000.0}
     report = bench(server, backend, request_rate=40.0, max_concurrency=3, goodput=slos)
     requests = make_dataset(SPEC).requests
@@ -43,14 +44,14 @@ def test_report_fields(server: ServerProcess, backend: str) -> None:
     assert report["request_goodput"] == pytest.approx(report["request_throughput"])
 
 
-def test_tight_slo_has_no_goodput(server: ServerProcess) -> None:
+def test_tight_slo_has_no_goodput(server: ServeProcess) -> None:
     report = bench(server, "grpc", goodput={"ttft": 0.001})
     assert report["completed"] == 6 and report["good_requests"] == 0
     assert report["request_goodput"] == 0.0
 
 
 @pytest.mark.parametrize("backend", ["tgi", "grpc"])
-def test_api_key(strict: ServerProcess, backend: str) -> None:
+def test_api_key(strict: ServeProcess, backend: str) -> None:
     spec = DatasetSpec("random", 1, input_len=8, output_len=3)
     ok = ServingConfig(backend, strict.url, strict.grpc_target, api_key=KEYS[0], warmup=0)
     report = asyncio.run(run_benchmark(ok, make_dataset(spec).requests))
@@ -63,7 +64,7 @@ def test_api_key(strict: ServerProcess, backend: str) -> None:
 
 
 def test_cli_writes_json(
-    server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: ServeProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bench.json"
     argv = [

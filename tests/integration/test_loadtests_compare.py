@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live_server import ROOT
+from loadtests.server_process import ROOT
 
 SYSTEMS = {
     "hagmoe server (HTTP tgi)",

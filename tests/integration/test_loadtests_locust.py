@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live_server import ROOT, ServerProcess
+from loadtests.server_process import ROOT, ServeProcess
 
 ENTRIES = {
     "/generate",
@@ -21,7 +21,7 @@ ENTRIES = {
 }
 
 
-def test_locust_headless_has_no_failures(server: ServerProcess, tmp_path: Path) -> None:
+def test_locust_headless_has_no_failures(server: ServeProcess, tmp_path: Path) -> None:
     prefix = tmp_path / "locust"
     args = [
         sys.executable, "-m", "locust",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from live_server import ServerProcess, sse_events
+from live_server import sse_events
+
+from loadtests.server_process import ServeProcess
 
 MODEL = "tiny"
 EXTRA = {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> openai.OpenAI:
+def client(server: ServeProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
@@ -107,7 +109,7 @@ def test_cached_prompt_tokens_are_reported(client: openai.OpenAI) -> None:
     assert details is not None and (details.cached_tokens or 0) >= 16
 
 
-def test_routing_extension(server: ServerProcess) -> None:
+def test_routing_extension(server: ServeProcess) -> None:
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Hi"}],
@@ -145,7 +147,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     assert "nope" in str(info.value)
 
 
-def test_stream_failure_ends_with_error_then_done(server: ServerProcess) -> None:
+def test_stream_failure_ends_with_error_then_done(server: ServeProcess) -> None:
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 480, "stream": True, "timeout": 0.1}
     with httpx.stream("POST", server.url + "/v1/completions", json={**body, **EXTRA}) as r:
         assert r.status_code == 200
@@ -154,7 +156,7 @@ def test_stream_failure_ends_with_error_then_done(server: ServerProcess) -> None
     assert events[-2]["error"]["type"] == "timeout" and events[-2]["error"]["code"] == "timeout"
 
 
-def test_openai_validation_error_shape_for_bad_json(server: ServerProcess) -> None:
+def test_openai_validation_error_shape_for_bad_json(server: ServeProcess) -> None:
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "no model field"})
     assert r.status_code == 400
     error = r.json()["error"]

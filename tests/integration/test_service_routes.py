@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import httpx
-from live_server import ServerProcess
+
+from loadtests.server_process import ServeProcess
 
 ARCHITECTURE_METRICS = (
     "hagmoe_requests_total",
@@ -30,7 +31,7 @@ ARCHITECTURE_METRICS = (
 )
 
 
-def test_tokenize_detokenize_round_trip(server: ServerProcess) -> None:
+def test_tokenize_detokenize_round_trip(server: ServeProcess) -> None:
     r = httpx.post(server.url + "/tokenize", json={"inputs": "héllo"})
     assert r.status_code == 200
     body = r.json()
@@ -41,7 +42,7 @@ def test_tokenize_detokenize_round_trip(server: ServerProcess) -> None:
     assert bad.status_code == 422 and "100000" in bad.json()["error"]
 
 
-def test_info(server: ServerProcess) -> None:
+def test_info(server: ServeProcess) -> None:
     info = httpx.get(server.url + "/info").json()
     assert info["model_id"] == "tiny" and info["router"] == "attention"
     assert info["max_total_tokens"] == 512 and info["max_input_tokens"] == 511
@@ -49,16 +50,16 @@ def test_info(server: ServerProcess) -> None:
     assert info["chat_template"] == "fallback"
 
 
-def test_health_and_ready(server: ServerProcess) -> None:
+def test_health_and_ready(server: ServeProcess) -> None:
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     assert httpx.get(server.url + "/ready").json() == {"status": "ready"}
 
 
-def test_unknown_route_is_404(server: ServerProcess) -> None:
+def test_unknown_route_is_404(server: ServeProcess) -> None:
     assert httpx.get(server.url + "/nowhere").status_code == 404
 
 
-def test_openapi_documents_every_field(server: ServerProcess) -> None:
+def test_openapi_documents_every_field(server: ServeProcess) -> None:
     schema = httpx.get(server.url + "/openapi.json").json()
     for path in ("/generate", "/generate_stream", "/", "/v1/completions", "/v1/chat/completions"):
         assert "post" in schema["paths"][path]
@@ -74,7 +75,7 @@ def test_openapi_documents_every_field(server: ServerProcess) -> None:
     assert not undocumented
 
 
-def test_metrics_count_traffic(server: ServerProcess) -> None:
+def test_metrics_count_traffic(server: ServeProcess) -> None:
     before = server.metric("hagmoe_requests_total", 'outcome="success",route="/generate"')
     generated = server.metric("hagmoe_generation_tokens_total")
     body = {"inputs": "count me", "parameters": {"max_new_tokens": 4, "ignore_eos": True}}

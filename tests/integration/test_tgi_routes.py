@@ -6,16 +6,18 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
-from live_server import ServerProcess, sse_events
+from live_server import sse_events
+
+from loadtests.server_process import ServeProcess
 
 GREEDY = {"max_new_tokens": 6, "ignore_eos": True}
 
 
-def post(server: ServerProcess, path: str, body: dict[str, object], **kw: object) -> httpx.Response:
+def post(server: ServeProcess, path: str, body: dict[str, object], **kw: object) -> httpx.Response:
     return httpx.post(server.url + path, json=body, timeout=30, **kw)  # type: ignore[arg-type]
 
 
-def test_generate_details_routing_and_request_id(server: ServerProcess) -> None:
+def test_generate_details_routing_and_request_id(server: ServeProcess) -> None:
     params = {**GREEDY, "details": True, "top_n_tokens": 2, "return_routing": True}
     r = post(server, "/generate", {"inputs": "Hello", "parameters": params},
              headers={"X-Request-Id": "abc-123"})  # fmt: skip
@@ -36,13 +38,13 @@ def test_generate_details_routing_and_request_id(server: ServerProcess) -> None:
             assert 0 <= layer["group"] < 2 and 0.0 <= layer["entropy"] <= 1.0
 
 
-def test_generate_is_deterministic_when_greedy(server: ServerProcess) -> None:
+def test_generate_is_deterministic_when_greedy(server: ServeProcess) -> None:
     body = {"inputs": "abc", "parameters": GREEDY}
     first, second = post(server, "/generate", body).json(), post(server, "/generate", body).json()
     assert first == second and "details" not in first
 
 
-def test_generate_stream_events(server: ServerProcess) -> None:
+def test_generate_stream_events(server: ServeProcess) -> None:
     body = {"inputs": "Hello", "parameters": {**GREEDY, "return_full_text": True}}
     with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=30) as r:
         assert r.status_code == 200
@@ -56,7 +58,7 @@ def test_generate_stream_events(server: ServerProcess) -> None:
     assert last["generated_text"] == "Hello" + "".join(e["token"]["text"] for e in events)
 
 
-def test_compat_route_unary_and_stream(server: ServerProcess) -> None:
+def test_compat_route_unary_and_stream(server: ServeProcess) -> None:
     unary = post(server, "/", {"inputs": "abc", "parameters": GREEDY})
     assert unary.status_code == 200 and isinstance(unary.json(), list) and len(unary.json()) == 1
     with httpx.stream(
@@ -66,7 +68,7 @@ def test_compat_route_unary_and_stream(server: ServerProcess) -> None:
     assert events[-1]["generated_text"] == unary.json()[0]["generated_text"]
 
 
-def test_huggingface_inference_client(server: ServerProcess) -> None:
+def test_huggingface_inference_client(server: ServeProcess) -> None:
     client = InferenceClient(base_url=server.url)
     text = client.text_generation("Hello", max_new_tokens=5, seed=3, do_sample=True)
     assert isinstance(text, str)
@@ -80,7 +82,7 @@ def test_huggingface_inference_client(server: ServerProcess) -> None:
     assert events[-1].details is not None and events[-1].details.input_length == 5
 
 
-def test_huggingface_client_sees_validation_errors(server: ServerProcess) -> None:
+def test_huggingface_client_sees_validation_errors(server: ServeProcess) -> None:
     client = InferenceClient(base_url=server.url)
     with pytest.raises(ValidationError, match="temperature"):
         client.text_generation("Hello", max_new_tokens=5, temperature=-1.0)
@@ -100,14 +102,14 @@ def test_huggingface_client_sees_validation_errors(server: ServerProcess) -> Non
     ],
 )
 def test_invalid_parameters_are_422(
-    server: ServerProcess, parameters: dict[str, object], needle: str
+    server: ServeProcess, parameters: dict[str, object], needle: str
 ) -> None:
     r = post(server, "/generate", {"inputs": "Hello", "parameters": parameters})
     assert r.status_code == 422
     assert r.json()["error_type"] == "validation" and needle in r.json()["error"]
 
 
-def test_token_limits_name_the_numbers(server: ServerProcess) -> None:
+def test_token_limits_name_the_numbers(server: ServeProcess) -> None:
     r = post(server, "/generate", {"inputs": "x" * 600, "parameters": {"max_new_tokens": 1}})
     assert r.status_code == 422 and "600" in r.json()["error"] and "511" in r.json()["error"]
     r = post(server, "/generate", {"inputs": "x" * 100, "parameters": {"max_new_tokens": 500}})
@@ -119,14 +121,14 @@ def test_token_limits_name_the_numbers(server: ServerProcess) -> None:
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
 
 
-def test_malformed_json_is_422(server: ServerProcess) -> None:
+def test_malformed_json_is_422(server: ServeProcess) -> None:
     r = httpx.post(
         server.url + "/generate", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
 
 
-def test_timeout_gives_504_unary_and_error_event_in_stream(server: ServerProcess) -> None:
+def test_timeout_gives_504_unary_and_error_event_in_stream(server: ServeProcess) -> None:
     long = {"max_new_tokens": 480, "ignore_eos": True, "timeout": 0.1}
     r = post(server, "/generate", {"inputs": "Hello", "parameters": long})
     assert r.status_code == 504 and r.json()["error_type"] == "timeout"

@@ -16,6 +16,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.llm import LLM
+from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model import HagMoEModel, Tokenizer, named_config, random_model
 
@@ -150,9 +151,12 @@ def test_async_engine_streams_aborts_and_shuts_down(model: HagMoEModel) -> None:
     engine.start()
 
     async def main() -> None:
-        tokens = [o.new_token_ids[0] async for o in engine.generate([1, 2, 3], _greedy(8))]
+        tokens = [
+            o.new_token_ids[0]
+            async for o in engine.generate(engine.make_request([1, 2, 3], _greedy(8)))
+        ]
         assert len(tokens) == 8
-        stream = engine.generate([4, 5, 6], _greedy(1000))
+        stream = engine.generate(engine.make_request([4, 5, 6], _greedy(1000)))
         await stream.__anext__()
         await stream.aclose()  # the client went away
         for _ in range(100):
@@ -171,8 +175,9 @@ def test_async_engine_streams_aborts_and_shuts_down(model: HagMoEModel) -> None:
     assert not engine.is_alive
 
 
-async def _collect(engine: AsyncEngine, prompt: list[int]) -> list[int]:
-    return [t async for o in engine.generate(prompt, _greedy(8)) for t in o.new_token_ids]
+async def _collect(engine: AsyncEngine, prompt: list[int], max_tokens: int = 8) -> list[int]:
+    request = engine.make_request(prompt, _greedy(max_tokens))
+    return [t async for o in engine.generate(request) for t in o.new_token_ids]
 
 
 def test_async_engine_deadline_ends_request(model: HagMoEModel) -> None:
@@ -183,7 +188,8 @@ def test_async_engine_deadline_ends_request(model: HagMoEModel) -> None:
 
     async def main() -> str | None:
         last = None
-        async for out in engine.generate([1, 2], _greedy(100_000), deadline=time.monotonic() + 0.2):
+        request = engine.make_request([1, 2], _greedy(100_000), deadline=time.monotonic() + 0.2)
+        async for out in engine.generate(request):
             last = out
         assert last is not None
         return last.finish_reason
@@ -193,6 +199,65 @@ def test_async_engine_deadline_ends_request(model: HagMoEModel) -> None:
         assert engine.core.kv_cache.usage == 0.0
     finally:
         engine.shutdown()
+
+
+def test_a_request_the_engine_thread_refuses_fails_alone(
+    model: HagMoEModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = EngineCore(model, None, EngineConfig(block_size=4))
+    engine = AsyncEngine(core)
+    enqueue = core.enqueue
+
+    def failing_enqueue(request: Request) -> None:
+        if request.request_id.startswith("poison"):
+            raise RuntimeError("injected enqueue failure")
+        enqueue(request)
+
+    monkeypatch.setattr(core, "enqueue", failing_enqueue)
+    engine.start()
+
+    async def main() -> tuple[list[list[int]], BaseException | None]:
+        first = asyncio.ensure_future(_collect(engine, [7, 8, 9], 40))
+        await asyncio.sleep(0.05)
+        others = [asyncio.ensure_future(_collect(engine, [i + 1] * 4)) for i in range(3)]
+        refused: BaseException | None = None
+        try:
+            await _drain(engine, engine.make_request([1, 2], _greedy(8), request_id="poison"))
+        except RuntimeError as exc:
+            refused = exc
+        return [await first, *[await o for o in others]], refused
+
+    try:
+        results, refused = asyncio.run(main())
+        assert refused is not None and "injected" in str(refused)
+        assert [len(r) for r in results] == [40, 8, 8, 8]
+        assert engine.is_alive
+    finally:
+        engine.shutdown()
+
+
+def test_generate_refuses_a_request_already_streaming(model: HagMoEModel) -> None:
+    engine = AsyncEngine(EngineCore(model, None, EngineConfig(block_size=4)))
+    engine.start()
+
+    async def main() -> None:
+        request = engine.make_request([7, 8, 9], _greedy(100_000))
+        running = asyncio.ensure_future(_drain(engine, request))
+        while not engine.core.scheduler.requests:
+            await asyncio.sleep(0.01)
+        with pytest.raises(InvalidRequestError, match="request_id"):
+            await _drain(engine, request)
+        assert not running.done()
+        running.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.shutdown()
+
+
+async def _drain(engine: AsyncEngine, request: Request) -> list[int]:
+    return [t async for o in engine.generate(request) for t in o.new_token_ids]
 
 
 def test_llm_rejects_text_without_tokenizer(model: HagMoEModel) -> None:

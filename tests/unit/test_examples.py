@@ -41,9 +41,9 @@ def test_example_runs(script: str, args: list[str], expect: str, tmp_path: Path)
 
 def test_query_server_example_against_a_live_server(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
-    from live_server import ServerProcess, save_tiny_model
+    from live_server import launch_server, save_tiny_model
 
-    server = ServerProcess(save_tiny_model(tmp_path / "model"), tmp_path / "server.log")
+    server = launch_server(save_tiny_model(tmp_path / "model"), tmp_path / "server.log")
     try:
         server.wait_ready()
         done = subprocess.run(

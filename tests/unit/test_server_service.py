@@ -12,6 +12,7 @@ import pytest
 from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
 from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from server.admission import Admission
 from server.errors import DeadlineExceeded, InvalidInput, Unavailable
@@ -43,25 +44,27 @@ class FakeEngine:
     def model_info(self) -> ModelInfo:
         return INFO
 
-    def validate(self, prompt: list[int], params: SamplingParams) -> None:
+    def make_request(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        deadline: float | None = None,
+    ) -> Request:
+        if self.dead:
+            raise EngineDeadError("the engine is not running")
         params.validate(INFO.vocab_size)
         if not prompt:
             raise InvalidRequestError("prompt", "must hold at least one token")
+        return Request(request_id or "r", prompt, params, None, deadline=deadline)
 
     def abort(self, request_id: str) -> None:
         raise AssertionError("the service aborts by closing the iterator")
 
-    async def generate(
-        self,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        request_id: str | None = None,
-        deadline: float | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        if self.dead:
-            raise EngineDeadError("the engine is not running")
+    async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
+        params, deadline, request_id = request.sampling_params, request.deadline, request.request_id
         self.started += 1
-        n, finished = len(prompt_token_ids), False
+        n, finished = request.num_prompt_tokens, False
         try:
             for i in range(params.max_new_tokens):
                 await asyncio.sleep(self.step)
@@ -90,18 +93,14 @@ class FakeEngine:
 
 
 def service(engine: FakeEngine, max_concurrent: int = 2, max_queue: int = 2) -> GenerationService:
+    admission, metrics = Admission(max_concurrent, max_queue), Metrics(INFO)
+    metrics.watch_admission(admission)
     return GenerationService(
         engine,  # type: ignore[arg-type]
         Limits(max_input_tokens=16, max_total_tokens=32, max_body_bytes=1024),
-        Admission(max_concurrent, max_queue),
-        Metrics(INFO),
-        _ready(Lifecycle()),
+        admission,
+        metrics,
     )
-
-
-def _ready(lifecycle: Lifecycle) -> Lifecycle:
-    lifecycle.ready = True
-    return lifecycle
 
 
 def call(n_prompt: int = 3, max_new: int = 4, timeout: float | None = None) -> GenerationCall:
@@ -122,7 +121,7 @@ def test_complete_collects_tokens_and_metrics() -> None:
     assert metric(svc, "hagmoe_time_to_first_token_seconds_count") == 1
     assert metric(svc, "hagmoe_inter_token_latency_seconds_count") == 3
     assert metric(svc, "hagmoe_request_duration_seconds_count") == 1
-    assert svc.admission.running == 0 and svc.lifecycle.in_flight == 0
+    assert svc.admission.running == 0 and metric(svc, "hagmoe_server_requests_in_flight") == 0
 
 
 def test_refusals_happen_before_the_engine() -> None:
@@ -134,8 +133,8 @@ def test_refusals_happen_before_the_engine() -> None:
         asyncio.run(svc.complete(call(max_new=40)))
     with pytest.raises(InvalidInput, match="prompt"):
         asyncio.run(svc.complete(call(n_prompt=0)))
-    svc.lifecycle.draining = True
-    with pytest.raises(Unavailable, match="shutting down"):
+    engine.dead = True
+    with pytest.raises(Unavailable, match="not running"):
         asyncio.run(svc.complete(call()))
     assert engine.started == 0 and svc.admission.running == 0
 
@@ -144,7 +143,7 @@ def test_deadline_mid_generation_is_504_and_frees_the_slot() -> None:
     svc = service(FakeEngine(step=0.02))
     with pytest.raises(DeadlineExceeded, match="tokens generated"):
         asyncio.run(svc.complete(call(max_new=20, timeout=0.07)))
-    assert svc.admission.running == 0 and svc.lifecycle.in_flight == 0
+    assert svc.admission.running == 0 and metric(svc, "hagmoe_server_requests_in_flight") == 0
 
 
 def test_leaving_a_stream_early_closes_the_engine_iterator() -> None:
@@ -171,12 +170,22 @@ def test_dead_engine_is_unavailable() -> None:
     assert svc.admission.running == 0
 
 
-def test_drain_waits_for_in_flight_requests_up_to_the_timeout() -> None:
-    async def scenario() -> tuple[bool, bool]:
-        lifecycle = _ready(Lifecycle())
-        lifecycle.enter()
+def test_drain_waits_for_admitted_requests_up_to_the_timeout() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        svc = service(FakeEngine(), max_concurrent=1)
+        lifecycle = Lifecycle(svc.admission)
+        lifecycle.ready = True
+        stream = await svc.open(call())
+        queued = asyncio.ensure_future(svc.open(call()))
+        await asyncio.sleep(0)
+        assert metric(svc, "hagmoe_server_queue_requests") == 1
         timed_out = await lifecycle.drain(0.05)
-        asyncio.get_running_loop().call_later(0.02, lifecycle.leave)
-        return timed_out, await lifecycle.drain(5.0)
+        with pytest.raises(Unavailable, match="shutting down"):
+            lifecycle.check_accepting()
+        stream.close()
+        second = await queued
+        asyncio.get_running_loop().call_later(0.02, second.close)
+        drained = await lifecycle.drain(5.0)
+        return timed_out, drained, metric(svc, "hagmoe_server_requests_in_flight") == 0
 
-    assert asyncio.run(scenario()) == (False, True)
+    assert asyncio.run(scenario()) == (False, True, True)

@@ -11,6 +11,7 @@ import torch
 from hagmoe.errors import HagMoEError
 from hagmoe.model.hf_import.convert import import_hf
 from hagmoe.model.hf_import.registry import SUPPORTED_MODEL_TYPES
+from hagmoe.model.hf_import.upcycle_cli import add_upcycle_parser
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -27,6 +28,7 @@ def add_import_parser(sub: Any) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: as stored")
     p.add_argument("--max-shard-bytes", type=int, default=None, help="shard the weights")
     p.set_defaults(func=cmd_import_hf)
+    add_upcycle_parser(sub)
 
 
 def cmd_import_hf(args: argparse.Namespace) -> int:
