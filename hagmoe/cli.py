@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from hagmoe.engine.config import DTYPES, EngineConfig
+from hagmoe.analysis.cli import add_analyze_parser
+from hagmoe.engine.config import DTYPES, engine_config
 from hagmoe.evaluation.cli import add_eval_parser
 from hagmoe.model.hf_import.cli import add_import_parser
 from hagmoe.onnx.cli import add_export_parser
@@ -24,24 +25,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--num-blocks", type=int, default=None, help="KV cache size in blocks")
     g.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size in bytes")
+    g.add_argument("--max-num-seqs", type=int, default=64, help="bench: the concurrency")
     g.add_argument("--max-num-batched-tokens", type=int, default=512)
-    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def _engine_config(args: argparse.Namespace, max_num_seqs: int = 64) -> EngineConfig:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return EngineConfig(
-        block_size=args.block_size,
-        num_blocks=args.num_blocks,
-        kv_cache_bytes=args.kv_cache_bytes,
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_prefix_caching=not args.no_prefix_caching,
-        device=args.device,
-        dtype=args.dtype,
-    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -49,7 +36,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hagmoe.model import random_model
     from hagmoe.model.checkpoint import load_model
 
-    config = _engine_config(args)
+    config = engine_config(args)
     if args.model:
         model = load_model(args.model, device=args.device, dtype=config.torch_dtype)
     else:
@@ -81,7 +68,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             model,
             work,
             concurrency,
-            _engine_config(args, concurrency),
+            engine_config(args, max_num_seqs=concurrency),
             naive_requests=args.naive_requests,
             baselines=not args.no_baselines,
             repeats=args.repeats,
@@ -117,7 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from hagmoe.onnx.cli import generate_onnx
 
         return generate_onnx(args, params)
-    llm = LLM(args.model, config=_engine_config(args))
+    llm = LLM(args.model, config=engine_config(args))
     for completion in llm.generate(args.prompt, params):
         print(completion.text)
     return 0
@@ -184,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_import_parser,
         add_export_parser,
         add_eval_parser,
+        add_analyze_parser,
     ):
         add_parser(sub)
     return parser

@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 import hagmoe
-from server.context import ServerContext
 from server.errors import InvalidInput, Unavailable, error_response
+from server.server_context import ServerContext
 from server.tgi_schemas import (
     DetokenizeRequest,
     DetokenizeResponse,

@@ -12,10 +12,10 @@ import hagmoe
 from hagmoe.errors import HagMoEError
 from server import request_context
 from server.admin_routes import admin_router
-from server.context import ServerContext
 from server.errors import ServiceError, api_of_path, error_response, to_service_error
 from server.http_guard import HttpGuard
 from server.openai_routes import openai_router
+from server.server_context import ServerContext
 from server.tgi_routes import tgi_router
 
 logger = logging.getLogger("hagmoe.server")

@@ -6,8 +6,8 @@ from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.sampling_params import SamplingParams
 from server._generated import generation_pb2 as pb
-from server.completion import Completion, Finish, GeneratedToken, finish_of, tokens_of
 from server.errors import InvalidInput
+from server.generation import Finish, GeneratedToken, Generation, finish_of, tokens_of
 from server.limits import Limits
 from server.token_view import TokenView
 
@@ -19,28 +19,32 @@ FINISH = {
 }
 
 
+OPTIONAL_FIELDS = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "seed",
+)
+
+
 def sampling_params(p: pb.SamplingParameters, num_input: int, limits: Limits) -> SamplingParams:
     """Unset optional fields take the documented defaults (greedy, 64 tokens at most)."""
-    max_new = p.max_new_tokens if p.HasField("max_new_tokens") else None
-    if max_new is None:
-        max_new = min(DEFAULT_MAX_NEW_TOKENS, limits.room(num_input))
-    logprobs = p.top_logprobs if p.top_logprobs else (0 if p.logprobs else None)
+    fields = {name: getattr(p, name) for name in OPTIONAL_FIELDS if p.HasField(name)}
+    fields.setdefault("temperature", 0.0)
+    fields.setdefault("max_new_tokens", min(DEFAULT_MAX_NEW_TOKENS, limits.room(num_input)))
     return SamplingParams(
-        max_new_tokens=max_new,
         min_new_tokens=p.min_new_tokens,
-        temperature=p.temperature if p.HasField("temperature") else 0.0,
         top_k=p.top_k,
-        top_p=p.top_p if p.HasField("top_p") else 1.0,
-        typical_p=p.typical_p if p.HasField("typical_p") else 1.0,
-        repetition_penalty=p.repetition_penalty if p.HasField("repetition_penalty") else 1.0,
         frequency_penalty=p.frequency_penalty,
         presence_penalty=p.presence_penalty,
-        seed=p.seed if p.HasField("seed") else None,
         stop=list(p.stop),
         stop_token_ids=list(p.stop_token_ids),
         ignore_eos=p.ignore_eos,
-        logprobs=logprobs,
+        logprobs=p.top_logprobs if p.top_logprobs else (0 if p.logprobs else None),
         return_routing=p.return_routing,
+        **fields,
     )
 
 
@@ -78,7 +82,7 @@ def usage(prompt: int, completion: int, cached: int) -> pb.Usage:
     return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
-def response(view: TokenView, done: Completion) -> pb.GenerateResponse:
+def response(view: TokenView, done: Generation) -> pb.GenerateResponse:
     return pb.GenerateResponse(
         request_id=done.request_id,
         text=done.text,

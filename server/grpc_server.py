@@ -12,10 +12,10 @@ from grpc_reflection.v1alpha import reflection
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 from server.auth import OPEN_GRPC_PREFIXES, KeyRing
-from server.context import ServerContext
 from server.errors import Unauthorized
 from server.grpc_service import GenerationServicer
 from server.metrics import Metrics
+from server.server_context import ServerContext
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]

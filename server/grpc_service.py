@@ -14,8 +14,8 @@ from server import grpc_convert as convert
 from server import request_context
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
-from server.context import ServerContext
 from server.errors import DeadlineExceeded, Overloaded, to_service_error
+from server.server_context import ServerContext
 from server.service import GenerationCall
 
 logger = logging.getLogger("hagmoe.grpc")

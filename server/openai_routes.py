@@ -12,8 +12,6 @@ from fastapi.responses import JSONResponse, Response
 
 from hagmoe.engine.outputs import RequestOutput
 from server import request_context
-from server.completion import Finish, GeneratedToken, finish_of, tokens_of
-from server.context import ServerContext
 from server.errors import (
     InternalError,
     InvalidInput,
@@ -21,6 +19,7 @@ from server.errors import (
     ServiceError,
     sse_error_event,
 )
+from server.generation import Finish, GeneratedToken, finish_of, tokens_of
 from server.openai_schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -31,6 +30,7 @@ from server.openai_schemas import (
     SamplingFields,
 )
 from server.params import chat_sampling, completion_prompt, completion_sampling
+from server.server_context import ServerContext
 from server.service import GenerationCall, GenerationStream
 from server.sse import EventStream, sse_event, until_disconnect
 from server.token_view import routing_json

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hagmoe.engine.sampling_params import SamplingParams
 from server.errors import InvalidInput
 from server.limits import Limits
@@ -14,6 +16,11 @@ TGI_DEFAULT_MAX_NEW_TOKENS = 100
 def _reject(ok: bool, param: str, message: str) -> None:
     if not ok:
         raise InvalidInput(f"{param}: {message}", param)
+
+
+def _sampling(**fields: Any) -> SamplingParams:
+    """SamplingParams from a protocol's fields: an unset (None) field takes the engine default."""
+    return SamplingParams(**{name: v for name, v in fields.items() if v is not None})
 
 
 def tgi_sampling(p: TgiParameters, num_input: int, limits: Limits) -> SamplingParams:
@@ -35,15 +42,15 @@ def tgi_sampling(p: TgiParameters, num_input: int, limits: Limits) -> SamplingPa
     max_new = p.max_new_tokens
     if max_new is None:
         max_new = min(TGI_DEFAULT_MAX_NEW_TOKENS, limits.room(num_input))
-    return SamplingParams(
+    return _sampling(
         max_new_tokens=max_new,
-        min_new_tokens=p.min_new_tokens or 0,
-        temperature=(1.0 if p.temperature is None else p.temperature) if sample else 0.0,
-        top_k=p.top_k or 0,
-        top_p=1.0 if p.top_p is None else p.top_p,
-        typical_p=1.0 if p.typical_p is None else p.typical_p,
-        repetition_penalty=1.0 if p.repetition_penalty is None else p.repetition_penalty,
-        frequency_penalty=p.frequency_penalty or 0.0,
+        min_new_tokens=p.min_new_tokens,
+        temperature=p.temperature if sample else 0.0,
+        top_k=p.top_k,
+        top_p=p.top_p,
+        typical_p=p.typical_p,
+        repetition_penalty=p.repetition_penalty,
+        frequency_penalty=p.frequency_penalty,
         seed=p.seed,
         stop=list(p.stop),
         ignore_eos=p.ignore_eos,
@@ -66,15 +73,15 @@ def _common(
     _reject(req.n == 1, "n", f"only n=1 is supported, got {req.n}")
     _reject(not req.logit_bias, "logit_bias", "logit_bias is not supported")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    return SamplingParams(
+    return _sampling(
         max_new_tokens=max_new,
         min_new_tokens=min_new,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_k=req.top_k or 0,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-        frequency_penalty=req.frequency_penalty or 0.0,
-        presence_penalty=req.presence_penalty or 0.0,
+        temperature=req.temperature,
+        top_k=req.top_k,
+        top_p=req.top_p,
+        repetition_penalty=req.repetition_penalty,
+        frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty,
         seed=req.seed,
         stop=stop,
         ignore_eos=req.ignore_eos,

@@ -20,13 +20,13 @@ from server.admission import Admission
 from server.app import build_app
 from server.auth import KeyRing
 from server.chat_template import ChatTemplate
-from server.context import ServerContext
 from server.engine_factory import build_engine
 from server.grpc_server import GrpcFrontend
 from server.lifecycle import Lifecycle
 from server.limits import Limits
 from server.logs import configure_logging
 from server.metrics import Metrics
+from server.server_context import ServerContext
 from server.service import GenerationService
 from server.settings import Settings, SettingsError
 from server.token_view import TokenView

@@ -14,8 +14,8 @@ from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from server.admission import Admission
-from server.completion import Completion
 from server.errors import DeadlineExceeded, Unavailable, to_service_error
+from server.generation import Generation
 from server.limits import Limits
 from server.metrics import Metrics
 
@@ -123,10 +123,10 @@ class GenerationService:
         await self.admission.acquire(deadline)
         return GenerationStream(self, request, start)
 
-    async def complete(self, call: GenerationCall) -> Completion:
+    async def complete(self, call: GenerationCall) -> Generation:
         """Run a request to the end and return everything it generated."""
         stream = await self.open(call)
-        completion = Completion(call.request_id)
+        completion = Generation(call.request_id)
         try:
             async for out in stream:
                 completion.add(out)

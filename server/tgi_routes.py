@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import request_context
-from server.completion import Completion, GeneratedToken, finish_of, tokens_of
-from server.context import ServerContext
 from server.errors import InternalError, ServiceError, sse_error_event
+from server.generation import GeneratedToken, Generation, finish_of, tokens_of
 from server.params import tgi_sampling, truncate_prompt
+from server.server_context import ServerContext
 from server.service import GenerationCall, GenerationStream
 from server.sse import EventStream, sse_event, until_disconnect
 from server.tgi_schemas import ErrorBody, TgiRequest, TgiResponse, TgiStreamEvent
@@ -55,7 +55,7 @@ class TgiFrontend:
         done = await until_disconnect(request, self.ctx.service.complete(call))
         return self._result(body, done, call.params.seed)
 
-    def _result(self, body: TgiRequest, done: Completion, seed: int | None) -> dict[str, Any]:
+    def _result(self, body: TgiRequest, done: Generation, seed: int | None) -> dict[str, Any]:
         p = body.parameters
         text = body.inputs + done.text if p.return_full_text else done.text
         result: dict[str, Any] = {"generated_text": text}

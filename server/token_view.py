@@ -6,7 +6,7 @@ from typing import Any
 
 from hagmoe.engine.outputs import LayerDecision
 from hagmoe.model.tokenizer import Tokenizer
-from server.completion import GeneratedToken
+from server.generation import GeneratedToken
 
 
 class TokenView:

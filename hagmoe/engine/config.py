@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -69,3 +71,36 @@ class EngineConfig:
 
     def bytes_per_block(self, model: ModelConfig) -> int:
         return self.block_size * self.bytes_per_token(model)
+
+
+class EngineSettings(Protocol):
+    """What an entry point's flags or settings say of the engine (`hagmoe serve`, `generate`,
+    `bench`)."""
+
+    block_size: int
+    num_blocks: int | None
+    kv_cache_bytes: int | None
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_prefix_caching: bool
+    device: str
+    dtype: str
+    threads: int | None
+
+
+def engine_config(settings: EngineSettings, **overrides: Any) -> EngineConfig:
+    """The one settings -> EngineConfig mapping of every entry point; `overrides` name
+    EngineConfig fields. Sets torch's CPU thread count when `threads` is given."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    config = EngineConfig(
+        block_size=settings.block_size,
+        num_blocks=settings.num_blocks,
+        kv_cache_bytes=settings.kv_cache_bytes,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        device=settings.device,
+        dtype=settings.dtype,
+    )
+    return dataclasses.replace(config, **overrides)

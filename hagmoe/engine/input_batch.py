@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hagmoe.engine.step import ScheduledRequest
-from hagmoe.model.context import Segment
+from hagmoe.model.forward_context import Segment
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from hagmoe.engine.outputs import LayerDecision
 from hagmoe.engine.sampler import Sampler
 from hagmoe.engine.step import RoutingStats, RunnerOutput, SchedulerOutput
 from hagmoe.kernels import cpu as cpu_kernels
-from hagmoe.model.context import ForwardContext
+from hagmoe.model.forward_context import ForwardContext
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.routing import LayerRouting
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext, Segment
+from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
 from hagmoe.model.rope import apply_rope, rope_cos_sin
 

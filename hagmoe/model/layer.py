@@ -7,9 +7,9 @@ from torch import Tensor, nn
 
 from hagmoe.model.attention import Attention
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext
 from hagmoe.model.experts import Experts
 from hagmoe.model.feedback import Feedback
+from hagmoe.model.forward_context import ForwardContext
 from hagmoe.model.norms import make_norm
 from hagmoe.model.router import AttentionRouter, LinearRouter
 from hagmoe.model.shared_expert import SharedExpert

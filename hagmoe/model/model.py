@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext, TrainingOptions
 from hagmoe.model.experts import Experts
+from hagmoe.model.forward_context import ForwardContext, TrainingOptions
 from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.linear import Linear, linear
 from hagmoe.model.norms import make_norm

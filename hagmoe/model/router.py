@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from hagmoe.kernels import cpu
 from hagmoe.model.attention import HeadMix
 from hagmoe.model.config import ModelConfig
-from hagmoe.model.context import ForwardContext, Segment
+from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.linear import Linear, linear
 from hagmoe.model.routing import LayerRouting
 

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from hagmoe.model.checkpoint import save_model
-from hagmoe.model.context import TrainingOptions
+from hagmoe.model.forward_context import TrainingOptions
 from hagmoe.model.factory import init_weights
 from hagmoe.model.model import HagMoEModel
 from hagmoe.training.checkpointing import TrainerState, load_state, save_state

@@ -20,6 +20,11 @@ EXAMPLES: list[tuple[str, list[str], str]] = [
         ["{tmp}/sample.txt", "--context", "16", "--stride", "8"],
         "bits per byte",
     ),
+    (
+        "analyze_model.py",
+        ["{tmp}/sample.txt", "--out", "{tmp}/analysis", "--context", "32"],
+        "load CV",
+    ),
 ]
 
 

@@ -44,7 +44,7 @@ def finish_of(out: RequestOutput) -> tuple[Finish, str | None]:
 
 
 @dataclass(slots=True)
-class Completion:
+class Generation:
     """Everything a request generated, accumulated from its outputs."""
 
     request_id: str
