@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hagmoe.engine.request import Request
 from hagmoe.engine.step import ScheduledRequest
 from hagmoe.model.forward_context import Segment
 
@@ -24,6 +25,31 @@ class InputBatch:
     segments: list[Segment]
     sample_index: Tensor  # [S] flat token whose logits are sampled
     sampled: list[ScheduledRequest]  # the S requests, in sample_index order
+    prompt_rows: list[PromptRows]  # prompt tokens whose logprobs this step computes
+
+
+@dataclass(slots=True)
+class PromptRows:
+    """Flat rows start.. start+count-1 predict prompt tokens first..first+count-1."""
+
+    request: Request
+    start: int
+    first: int
+    count: int
+
+
+def _prompt_rows(s: ScheduledRequest, start: int) -> PromptRows | None:
+    """The prompt tokens a chunk's logits predict that the request has no logprob of yet: the
+    row of position p predicts token p + 1 (recomputed ones after a preemption are skipped)."""
+    req = s.request
+    if req.sampling_params.prompt_logprobs is None:
+        return None
+    c = req.num_computed_tokens
+    first = max(c + 1, len(req.prompt_logprobs), 1)
+    last = min(c + s.num_new_tokens, req.num_prompt_tokens - 1)
+    if first > last:
+        return None
+    return PromptRows(req, start + first - 1 - c, first, last - first + 1)
 
 
 def build_input_batch(
@@ -57,6 +83,7 @@ def build_input_batch(
         if group
     ]
     segments = [_segment(g, st, block_size, device, len(groups) == 1) for g, st in groups]
+    prompt_rows = [_prompt_rows(s, st) for st, s in zip(starts, ordered, strict=True)]
 
     def to(arrays: list[np.ndarray]) -> Tensor:
         return torch.from_numpy(np.concatenate(arrays)).to(device)
@@ -68,6 +95,7 @@ def build_input_batch(
         segments=segments,
         sample_index=torch.tensor([i for i, _ in sampled], dtype=torch.long, device=device),
         sampled=[s for _, s in sampled],
+        prompt_rows=[r for r in prompt_rows if r is not None],
     )
 
 

@@ -83,9 +83,10 @@ class KVCacheManager:
         Never covers the last token (it must be computed for logits). Takes no references:
         pass the blocks to `allocate_slots` before any other allocation. Call only for a
         request holding no blocks. Adds to `stats` (queries: request.num_tokens, hits: tokens
-        returned). Returns ([], 0) when prefix caching is off.
+        returned). Returns ([], 0) when prefix caching is off or the request wants prompt
+        logprobs (cached tokens have no logits).
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or request.sampling_params.prompt_logprobs is not None:
             return [], 0
         blocks: list[int] = []
         max_blocks = (request.num_tokens - 1) // self.block_size

@@ -8,11 +8,13 @@ per layer a KV part [num_slots, 2*Hkv*hd] and, for the attention router, an RV p
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from hagmoe.engine.config import EngineConfig
-from hagmoe.engine.input_batch import build_input_batch
+from hagmoe.engine.input_batch import PromptRows, build_input_batch
 from hagmoe.engine.outputs import LayerDecision
-from hagmoe.engine.sampler import Sampler
+from hagmoe.engine.request import TokenLogprob
+from hagmoe.engine.sampler import Sampler, token_logprobs
 from hagmoe.engine.step import RoutingStats, RunnerOutput, SchedulerOutput
 from hagmoe.kernels import cpu as cpu_kernels
 from hagmoe.model.forward_context import ForwardContext
@@ -60,6 +62,8 @@ class ModelRunner:
         out = RunnerOutput()
         if ctx.routing and self.config.collect_routing_stats:
             out.routing_stats = self._routing_stats(ctx.routing)
+        if batch.prompt_rows:
+            out.prompt_logprobs = self._prompt_logprobs(hidden, batch.prompt_rows)
         if not batch.sampled:
             return out
         logits = self.model.compute_logits(hidden[batch.sample_index])  # [S, V]
@@ -75,6 +79,19 @@ class ModelRunner:
             if self.config.keep_logits:
                 out.logits[rid] = logits[row].clone()
         return out
+
+    def _prompt_logprobs(
+        self, hidden: Tensor, rows: list[PromptRows]
+    ) -> dict[str, list[TokenLogprob]]:
+        """Each request's logprobs of the prompt tokens this step's rows predict."""
+        index = torch.cat([torch.arange(r.start, r.start + r.count) for r in rows])  # [R]
+        targets = [t for r in rows for t in r.request.prompt_token_ids[r.first : r.first + r.count]]
+        top_n = [
+            r.request.sampling_params.prompt_logprobs or 0 for r in rows for _ in range(r.count)
+        ]
+        logits = self.model.compute_logits(hidden[index.to(hidden.device)])  # [R, V]
+        found = iter(token_logprobs(logits, targets, top_n))
+        return {r.request.request_id: [next(found) for _ in range(r.count)] for r in rows}
 
     def _routing_stats(self, routing: list[LayerRouting]) -> RoutingStats:
         cfg = self.model.config

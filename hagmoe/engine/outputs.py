@@ -34,6 +34,7 @@ class RequestOutput:
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # the first output only
     routing: list[list[LayerDecision]] = field(default_factory=list)  # per new token, per layer
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
@@ -62,9 +63,20 @@ class RequestOutput:
             num_output_tokens=request.num_output_tokens,
             num_cached_tokens=max(request.num_cached_tokens, 0),
             logprobs=[logprob] if logprob is not None else [],
+            prompt_logprobs=_first_output_prompt_logprobs(request, new_token_ids),
             routing=[routing] if routing is not None else [],
             arrival_time=request.arrival_time,
             first_scheduled_time=request.first_scheduled_time,
             first_token_time=request.first_token_time,
             finished_time=request.finished_time,
         )
+
+
+def _first_output_prompt_logprobs(
+    request: Request, new_token_ids: list[int]
+) -> list[TokenLogprob | None] | None:
+    """The prompt's logprobs travel once, with the request's first output."""
+    if request.sampling_params.prompt_logprobs is None:
+        return None
+    first = request.num_output_tokens == len(new_token_ids)
+    return (list(request.prompt_logprobs) or [None]) if first else None

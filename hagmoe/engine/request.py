@@ -64,6 +64,7 @@ class Request:
     finished_time: float | None = None
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list)  # None: token 0
     routing: list[Any] = field(default_factory=list)  # per output token: per-layer decisions
     generator: torch.Generator | None = None  # seeded per request (SamplingParams.seed)
     detokenizer: IncrementalDetokenizer | None = None
@@ -105,6 +106,12 @@ class Request:
         if self.num_output_tokens >= params.max_new_tokens or self.num_tokens >= max_model_len:
             return RequestStatus.FINISHED_LENGTH, None
         return None, None
+
+    def add_prompt_logprobs(self, found: list[TokenLogprob]) -> None:
+        """Extend prompt_logprobs with the next prompt tokens' (token 0 has none)."""
+        if not self.prompt_logprobs:
+            self.prompt_logprobs.append(None)
+        self.prompt_logprobs.extend(found)
 
     def append_output_token(self, token_id: int) -> None:
         """Add one sampled token (called from Scheduler.update_from_output only)."""

@@ -229,14 +229,25 @@ def _logprobs(
     if not rows:
         return out
     index = torch.tensor(rows, device=x.device)  # [L]
-    logp = torch.log_softmax(x.index_select(0, index), dim=-1)  # [L, V]
-    chosen_ids = torch.tensor([token_ids[i] for i in rows], device=x.device)  # [L]
-    chosen = logp.gather(1, chosen_ids[:, None]).squeeze(1).tolist()
-    wanted = [min(requests[i].sampling_params.logprobs or 0, x.shape[-1]) for i in rows]
-    top_values, top_ids = torch.topk(logp, max(wanted), dim=-1)  # [L, N]
-    values, ids = top_values.tolist(), top_ids.tolist()
-    for j, i in enumerate(rows):
-        n = wanted[j]
-        top = dict(zip(ids[j][:n], values[j][:n], strict=True))
-        out[i] = TokenLogprob(token_ids[i], chosen[j], top)
+    found = token_logprobs(
+        x.index_select(0, index),
+        [token_ids[i] for i in rows],
+        [requests[i].sampling_params.logprobs or 0 for i in rows],
+    )
+    for i, logprob in zip(rows, found, strict=True):
+        out[i] = logprob
     return out
+
+
+def token_logprobs(logits: Tensor, targets: list[int], top_n: list[int]) -> list[TokenLogprob]:
+    """Row i's logprob of targets[i] and its top_n[i] alternatives, from logits [R, V]."""
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    target_ids = torch.tensor(targets, device=logits.device)  # [R]
+    chosen = logp.gather(1, target_ids[:, None]).squeeze(1).tolist()
+    wanted = [min(n, logits.shape[-1]) for n in top_n]
+    top_values, top_ids = torch.topk(logp, max(wanted), dim=-1)  # [R, N]
+    values, ids = top_values.tolist(), top_ids.tolist()
+    return [
+        TokenLogprob(t, c, dict(zip(ids[j][:n], values[j][:n], strict=True)))
+        for j, (t, c, n) in enumerate(zip(targets, chosen, wanted, strict=True))
+    ]

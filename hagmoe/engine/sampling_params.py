@@ -30,6 +30,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; n: the chosen token's logprob and n alternatives
+    prompt_logprobs: int | None = None  # None: off; n: each prompt token's logprob and top n
     return_routing: bool = False
     skip_special_tokens: bool = True
 
@@ -92,11 +93,12 @@ class SamplingParams:
                 "stop_token_ids",
                 f"token id {token} outside [0, vocab_size={vocab_size})",
             )
-        _require(
-            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-            "logprobs",
-            f"must lie in [0, {MAX_LOGPROBS}], got {self.logprobs}",
-        )
+        for name, n in (("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)):
+            _require(
+                n is None or 0 <= n <= MAX_LOGPROBS,
+                name,
+                f"must lie in [0, {MAX_LOGPROBS}], got {n}",
+            )
         return self
 
 

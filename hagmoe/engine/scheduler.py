@@ -122,6 +122,9 @@ class Scheduler:
         for s in sched.scheduled:
             request = s.request
             request.num_computed_tokens += s.num_new_tokens
+            prompt_logprobs = result.prompt_logprobs.get(request.request_id)
+            if prompt_logprobs is not None:
+                request.add_prompt_logprobs(prompt_logprobs)
             token = result.sampled.get(request.request_id)
             if token is None:
                 continue

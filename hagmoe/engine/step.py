@@ -55,6 +55,7 @@ class RunnerOutput:
 
     sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
     logprobs: dict[str, TokenLogprob] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[TokenLogprob]] = field(default_factory=dict)  # next tokens
     routing: dict[str, list[LayerDecision]] = field(default_factory=dict)
     logits: dict[str, Tensor] = field(default_factory=dict)  # EngineConfig.keep_logits only
     routing_stats: RoutingStats | None = None

@@ -11,19 +11,23 @@ Legend: B windows in a batch, T tokens per window, V vocabulary size.
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.evaluation.text_data import EvalDataError, load_documents, strided_windows
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
 BACKENDS = ("full", "engine")
+Window = tuple[list[int], int]  # a window's token ids, and how many of its last tokens score
+Scorer = Callable[[list[Window], "FileScore"], None]
 
 
 @dataclass(slots=True)
@@ -80,14 +84,16 @@ def score_documents(
     stride: int,
     batch_size: int = 8,
     progress: Any = None,
+    scorer: Scorer | None = None,
 ) -> FileScore:
-    """Totals of `docs` under the full forward over strided windows (text_data.strided_windows),
-    windows batched by length, document boundaries respected."""
+    """Totals of `docs` over strided windows (text_data.strided_windows), windows batched by
+    length, document boundaries respected; `scorer` defaults to the full forward of `model`."""
+    scorer = scorer or (lambda batch, score: _score_batch(model, batch, score))
     prefix = (
         tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     )
     score = FileScore(name)
-    jobs: dict[int, list[tuple[list[int], int]]] = {}
+    jobs: dict[int, list[Window]] = {}
     for text in docs:
         ids = tokenizer.encode(text)
         nbytes = len(text.encode("utf-8"))
@@ -102,14 +108,14 @@ def score_documents(
             jobs.setdefault(w.end - w.start, []).append((ids[w.start : w.end], w.scored))
     for group in jobs.values():
         for i in range(0, len(group), batch_size):
-            _score_batch(model, group[i : i + batch_size], score)
+            scorer(group[i : i + batch_size], score)
             if progress is not None:
                 progress.update(len(group[i : i + batch_size]))
     return score
 
 
 @torch.no_grad()
-def _score_batch(model: HagMoEModel, batch: list[tuple[list[int], int]], score: FileScore) -> None:
+def _score_batch(model: HagMoEModel, batch: list[Window], score: FileScore) -> None:
     ids = torch.tensor([b[0] for b in batch], dtype=torch.long, device=model.device)  # [B, T]
     logits = model.forward_full(ids).logits  # [B, T, V]
     logp = torch.log_softmax(logits.double(), dim=-1)  # [B, T, V]
@@ -119,6 +125,42 @@ def _score_batch(model: HagMoEModel, batch: list[tuple[list[int], int]], score: 
         score.nats -= float(pred.gather(1, target[:, None]).sum())
         score.correct += int((pred.argmax(-1) == target).sum())
         score.tokens += scored
+
+
+def engine_scorer(model: HagMoEModel, context: int, batch_size: int) -> Scorer:
+    """Score windows through the serving engine's prompt logprobs (prefix caching off), each
+    window a request; its batch runs side by side in the engine's continuous batching."""
+    limit = model.config.max_position
+    if model.config.position == "learned" and context >= limit:
+        raise EvalDataError(
+            f"context {context}: the engine backend needs context < max_position {limit} "
+            "(a request leaves room for one new token)"
+        )
+    config = EngineConfig(
+        max_num_seqs=batch_size,
+        max_model_len=context + 1,
+        enable_prefix_caching=False,
+        dtype=str(model.dtype).removeprefix("torch."),
+    )
+    core = EngineCore(model, None, config)
+    params = SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True, prompt_logprobs=1)
+
+    def score_batch(batch: list[Window], score: FileScore) -> None:
+        for i, (ids, _) in enumerate(batch):
+            core.add_request(f"w{i}", ids, params)
+        found = {}
+        while core.has_unfinished_requests():
+            found.update(
+                {o.request_id: o.prompt_logprobs for o in core.step() if o.prompt_logprobs}
+            )
+        for i, (_, scored) in enumerate(batch):
+            for lp in found[f"w{i}"][-scored:]:
+                assert lp is not None
+                score.nats -= lp.logprob
+                score.correct += int(next(iter(lp.top)) == lp.token_id)
+            score.tokens += scored
+
+    return score_batch
 
 
 def evaluate_files(
@@ -133,21 +175,17 @@ def evaluate_files(
 ) -> EvalReport:
     """Bits per byte, perplexity and top-1 token accuracy of `model` over each file (.txt: one
     document; .jsonl: a "text" field per line) and in total. context defaults to the model's
-    max_position, stride to half of it. backend "engine" needs prompt logprobs, which the engine
-    does not return yet: it warns and scores with the full forward."""
+    max_position, stride to half of it. backend "full": batched full forwards; "engine": the
+    serving engine's prompt logprobs (its batching, paged cache and kernels)."""
     if backend not in BACKENDS:
         raise EvalDataError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "engine":
-        warnings.warn(
-            "the engine returns no prompt logprobs yet; scoring with the full forward",
-            stacklevel=2,
-        )
     context = context or model.config.max_position
     if context > model.config.max_position:
         raise EvalDataError(
             f"context {context} exceeds the model's max_position {model.config.max_position}"
         )
     stride = stride or max(context // 2, 1)
+    scorer = engine_scorer(model, context, batch_size) if backend == "engine" else None
     was_training = model.training
     model.eval()
     bar = _progress_bar(len(paths)) if progress else None
@@ -155,7 +193,9 @@ def evaluate_files(
     for path in paths:
         docs = load_documents(path)
         files.append(
-            score_documents(model, tokenizer, docs, str(path), context, stride, batch_size, bar)
+            score_documents(
+                model, tokenizer, docs, str(path), context, stride, batch_size, bar, scorer
+            )
         )
     if bar is not None:
         bar.close()
@@ -168,7 +208,6 @@ def evaluate_files(
         "stride": stride,
         "batch_size": batch_size,
         "backend": backend,
-        "scored_with": "full",
     }
     return EvalReport(files, total, settings)
 

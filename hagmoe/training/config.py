@@ -3,8 +3,10 @@
 Layout (every table and key optional except `steps`, `batch_size` and a model):
 ```
 seed, steps, batch_size, eval_interval, eval_tokens, eval_batch_size, checkpoint_interval,
-keep_checkpoints, log_interval, out_dir, threads, progress
-[model]        name = a named config (hagmoe.model.NAMED_CONFIGS) and/or any config.json key
+keep_checkpoints, log_interval, out_dir, threads, progress, tracking, init_from
+[model]        name = a named config (hagmoe.model.NAMED_CONFIGS) and/or any config.json key;
+               with init_from (a serving model folder to fine-tune) the folder's config.json,
+               which [model] may only change in keys that leave the weights' shapes alone
 [data]         DataConfig
 [optimizer]    OptimizerConfig
 [objective]    ObjectiveConfig (the lam weights of MODEL.md's objective and their ramp)
@@ -22,10 +24,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hagmoe.errors import ConfigError
+from hagmoe.errors import ConfigError, HagMoEError
 from hagmoe.model.config import MODEL_TYPE, ModelConfig, named_config
 
 SOURCES = ("shakespeare", "text")
+TRACKERS = ("tensorboard", "mlflow")
+PARALLEL_MODES = ("none", "ddp", "fsdp")  # hagmoe train --parallel
+DEVICES = ("auto", "cpu", "cuda")  # hagmoe train --device
+# config.json keys that decide which weights a model has and their shapes (--init-from checks)
+SHAPE_KEYS = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "ffn_size",
+    "num_groups",
+    "experts_per_group",
+    "router",
+    "feedback_dim",
+    "position",
+    "max_position",
+    "norm",
+    "attn_bias",
+    "attn_out_bias",
+    "tie_embeddings",
+    "qk_norm_type",
+    "shared_expert_size",
+    "shared_expert_gate",
+)
 
 
 @dataclass(slots=True)
@@ -116,6 +143,8 @@ class TrainConfig:
     out_dir: str = "runs/train"
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     progress: bool = True
+    tracking: list[str] = field(default_factory=lambda: list(TRACKERS))  # rank 0; if installed
+    init_from: str = ""  # a serving model folder to fine-tune (weights, config, tokenizer)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -142,6 +171,8 @@ class TrainConfig:
             0 < self.data.val_fraction < 1, "data.val_fraction", self.data.val_fraction, "(0, 1)"
         )
         _check(self.data.vocab_size >= 257, "data.vocab_size", self.data.vocab_size, ">= 257")
+        unknown = sorted(set(self.tracking) - set(TRACKERS))
+        _check(not unknown, "tracking", unknown, f"unknown trackers; choose from {TRACKERS}")
         opt = self.optimizer
         _check(opt.lr > 0 and math.isfinite(opt.lr), "optimizer.lr", opt.lr, "must be positive")
         _check(0 <= opt.min_lr <= opt.lr, "optimizer.min_lr", opt.min_lr, "must lie in [0, lr]")
@@ -158,7 +189,11 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int, eos_token_id: int | None = None) -> ModelConfig:
         """The model's config: the named config (if any) with the [model] keys over it, and the
-        tokenizer's vocabulary size and eos id."""
+        tokenizer's vocabulary size and eos id. With init_from: the folder's config.json with the
+        [model] keys over it (vocab_size and eos from the folder); InitFromError when a key of
+        SHAPE_KEYS differs."""
+        if self.init_from:
+            return init_model_config(self.init_from, self.model)
         keys = dict(self.model)
         name = keys.pop("name", None)
         keys["vocab_size"] = vocab_size
@@ -198,6 +233,8 @@ class TrainConfig:
             kwargs["curriculum"] = [
                 _build(Phase, p, f"curriculum[{i}]") for i, p in enumerate(phases)
             ]
+        if data.get("init_from") and "model" not in data:
+            kwargs["model"] = {}  # the folder's config, unchanged
         if "model" in data:
             model = data.pop("model")
             _check(isinstance(model, dict), "model", model, "must be a table")
@@ -213,12 +250,15 @@ class TrainConfig:
             raise ConfigError(f"invalid training config: {exc}") from exc
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a TOML training config; errors name the file."""
+    def from_file(cls, path: str | Path, init_from: str | None = None) -> TrainConfig:
+        """Read a TOML training config; errors name the file. init_from (`--init-from DIR`)
+        replaces the file's init_from key."""
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read training config {path}: {exc}") from exc
+        if init_from is not None:
+            data["init_from"] = str(init_from)
         return cls.from_dict(data)
 
     def to_toml(self) -> str:
@@ -240,6 +280,33 @@ class TrainConfig:
                 ]
             data[key] = value
         return TrainConfig.from_dict(data)
+
+
+def init_model_config(folder: str | Path, model: dict[str, Any]) -> ModelConfig:
+    """The config of the model folder to fine-tune, with the [model] keys (a name expanded to
+    its named config) over it. InitFromError naming --init-from when one changes a shape."""
+    from hagmoe.model.checkpoint import load_config
+    from hagmoe.model.config import NAMED_CONFIGS
+    from hagmoe.training.errors import InitFromError
+
+    try:
+        base = load_config(folder).to_dict()
+    except HagMoEError as exc:
+        raise InitFromError(f"--init-from {folder}: {exc}") from exc
+    keys = dict(model)
+    name = keys.pop("name", None)
+    if name is not None:
+        keys = {**NAMED_CONFIGS.get(str(name), {}), **keys}
+    keys.pop("vocab_size", None)
+    keys.pop("eos_token_id", None)
+    clashes = [k for k in SHAPE_KEYS if k in keys and keys[k] != base.get(k)]
+    if clashes:
+        diff = ", ".join(f"{k} = {keys[k]!r} (folder: {base.get(k)!r})" for k in clashes)
+        raise InitFromError(
+            f"--init-from {folder}: the training config's [model] changes the weights' shapes: "
+            f"{diff}; remove these keys (the model's shape comes from the folder)"
+        )
+    return ModelConfig.from_dict({**base, **keys})
 
 
 def _build(kind: Any, table: Any, where: str) -> Any:

@@ -2,8 +2,9 @@
 training split, both splits as token arrays (.npy, memory-mapped), and deterministic batches.
 
 A data folder holds tokenizer.json, train.npy, val.npy and meta.json; meta.json records the data
-config it was built from, so a folder is rebuilt only when that config changes. Documents are
-encoded separately and each is followed by `<|endoftext|>`.
+config it was built from (and the SHA-256 of a given tokenizer), so a folder is rebuilt only when
+that changes. Documents are encoded separately and each is followed by `<|endoftext|>`. Fine-tuning
+(`--init-from DIR`) encodes with the model folder's tokenizer.json instead of training one.
 
 Legend: B sequences per batch, T tokens per sequence, V vocabulary size.
 """
@@ -11,6 +12,7 @@ Legend: B sequences per batch, T tokens per sequence, V vocabulary size.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,21 +53,26 @@ class TokenData:
         return self.tokenizer.vocab_size
 
 
-def prepare_data(config: DataConfig, folder: str | Path) -> TokenData:
-    """The data in folder, built there first when absent or built from a different data config."""
+def prepare_data(
+    config: DataConfig, folder: str | Path, tokenizer_file: Path | None = None
+) -> TokenData:
+    """The data in folder, built there first when absent or built from a different data config
+    (or tokenizer). tokenizer_file: encode with this tokenizer.json instead of training a BPE."""
     folder = Path(folder)
     meta = _read_meta(folder)
-    if meta is None or meta.get("data") != _fingerprint(config):
-        build_data(config, folder)
+    if meta is None or meta.get("data") != _fingerprint(config, tokenizer_file):
+        build_data(config, folder, tokenizer_file)
     return load_data(folder)
 
 
-def build_data(config: DataConfig, folder: Path) -> None:
-    """Read the corpus, split it, train the tokenizer on the training split, write the shards."""
+def build_data(config: DataConfig, folder: Path, tokenizer_file: Path | None = None) -> None:
+    """Read the corpus, split it, train the tokenizer on the training split (or read
+    tokenizer_file), write the shards."""
     train_texts, val_texts, val_names = split_corpus(config)
-    hf = train_bpe(train_texts, config.vocab_size)
+    hf = _tokenizer(train_texts, config, tokenizer_file)
     eos = hf.token_to_id(EOS_TOKEN)
-    assert eos is not None
+    if eos is None:
+        raise DataError(f"tokenizer {tokenizer_file} has no {EOS_TOKEN} token to end documents")
     dtype = np.uint16 if hf.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.int32
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META_FILE).unlink(missing_ok=True)
@@ -77,7 +84,7 @@ def build_data(config: DataConfig, folder: Path) -> None:
         counts[file] = int(tokens.size)
     hf.save(str(folder / TOKENIZER_FILE))
     meta = {
-        "data": _fingerprint(config),
+        "data": _fingerprint(config, tokenizer_file),
         "vocab_size": hf.get_vocab_size(with_added_tokens=True),
         "eos_token_id": eos,
         "train_tokens": counts[TRAIN_FILE],
@@ -192,10 +199,23 @@ def _cap(texts: list[str], limit: int) -> list[str]:
     return out
 
 
-def _fingerprint(config: DataConfig) -> dict[str, Any]:
+def _tokenizer(
+    texts: list[str], config: DataConfig, tokenizer_file: Path | None
+) -> tokenizers.Tokenizer:
+    if tokenizer_file is None:
+        return train_bpe(texts, config.vocab_size)
+    try:
+        return tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises plain Exception for bad files
+        raise DataError(f"cannot read tokenizer {tokenizer_file}: {exc}") from exc
+
+
+def _fingerprint(config: DataConfig, tokenizer_file: Path | None = None) -> dict[str, Any]:
     data = dataclasses.asdict(config)
     for key in _PATH_KEYS:
         data.pop(key)
+    if tokenizer_file is not None:
+        data["tokenizer_sha256"] = hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()
     return data
 
 

@@ -17,6 +17,7 @@ from hagmoe.model.router import AttentionRouter
 from hagmoe.model.routing import LayerRouting
 from hagmoe.training.config import ObjectiveConfig, OptimizerConfig, Phase
 from hagmoe.training.objective import LossWeights
+from hagmoe.training.reduce import LOCAL, BatchReduce
 
 
 def lr_at(step: int, opt: OptimizerConfig, total_steps: int) -> float:
@@ -69,17 +70,19 @@ def update_entropy_means(
     mask: Tensor,
     momentum: float,
     initialise: bool,
+    reduce: BatchReduce = LOCAL,
 ) -> list[float]:
     """Move each attention-routed layer's mu_H (`router.entropy_mean`) toward the mean of Hn over
     the tokens in mask [T] (bool): mu_H <- momentum mu_H + (1 - momentum) mean, or mu_H <- mean
-    when initialise (the first step, so mu_H does not start from its init value 0). Returns the
-    new values (one per attention-routed layer)."""
+    when initialise (the first step, so mu_H does not start from its init value 0); the mean is
+    over the global batch when `reduce` says it is split across ranks. Returns the new values
+    (one per attention-routed layer)."""
     values: list[float] = []
     for layer, r in zip(model.layers, routing, strict=True):
         router = layer.router
         if not isinstance(router, AttentionRouter):
             continue
-        batch = r.entropy[mask].mean().to(router.entropy_mean.dtype)
+        batch = reduce.global_mean(r.entropy[mask]).to(router.entropy_mean.dtype)
         new = batch if initialise else momentum * router.entropy_mean + (1 - momentum) * batch
         router.entropy_mean.copy_(new)
         values.append(float(router.entropy_mean))

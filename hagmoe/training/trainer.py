@@ -6,10 +6,13 @@ A run folder (`out_dir`) ends up holding:
 model/             the serving format: config.json, model.safetensors, tokenizer.json
 train_log.jsonl    one JSON object per line: start / train / eval / checkpoint / resume / done
 train_config.toml  the resolved training config
-checkpoints/       step_XXXXXXXX/trainer_state.pt (exact resume)
+checkpoints/       step_XXXXXXXX/trainer_state.pt (exact resume, at any world size)
 data/              tokenizer and token shards (unless data.data_dir points elsewhere)
+tensorboard/       TensorBoard event files (hagmoe.training.tracking; when installed)
 ```
-Legend: B sequences, T tokens per sequence.
+Under torchrun (hagmoe.training.distributed) every rank runs this loop on its slice of each
+global batch; rank 0 alone writes the log, the trackers, the checkpoints and model/.
+Legend: B sequences (the global batch), T tokens per sequence.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from hagmoe.model.checkpoint import save_model
-from hagmoe.model.forward_context import TrainingOptions
+from hagmoe.model.checkpoint import load_model, save_model
 from hagmoe.model.factory import init_weights
+from hagmoe.model.forward_context import TrainingOptions
 from hagmoe.model.model import HagMoEModel
-from hagmoe.training.checkpointing import TrainerState, load_state, save_state
+from hagmoe.training.checkpointing import TrainerState, checkpoint_dir, load_state, save_state
 from hagmoe.training.config import TrainConfig
-from hagmoe.training.dataset import TokenData, prepare_data, sample_batch
+from hagmoe.training.dataset import TOKENIZER_FILE, TokenData, prepare_data, sample_batch
+from hagmoe.training.distributed import Runtime
+from hagmoe.training.errors import InitFromError
 from hagmoe.training.evaluation import EvalResult, evaluate
-from hagmoe.training.objective import objective
+from hagmoe.training.objective import LossTerms, objective
 from hagmoe.training.optim import build_optimizer, clip_gradients
 from hagmoe.training.schedules import (
     k_override_at,
@@ -41,6 +46,7 @@ from hagmoe.training.schedules import (
     scored_positions,
     update_entropy_means,
 )
+from hagmoe.training.tracking import Trackers, open_trackers, router_stats
 
 LOG_FILE = "train_log.jsonl"
 CONFIG_FILE = "train_config.toml"
@@ -67,20 +73,32 @@ class TrainResult:
 class Trainer:
     """Trains a HAG-MoE (or linear-router) model as a TrainConfig says; resumable exactly."""
 
-    def __init__(self, config: TrainConfig, state: TrainerState | None = None) -> None:
-        """A fresh run (state None: weights from init_weights(seed)), or one continuing `state`."""
+    def __init__(
+        self, config: TrainConfig, state: TrainerState | None = None, runtime: Runtime | None = None
+    ) -> None:
+        """A fresh run (state None: weights from init_weights(seed), or from config.init_from),
+        or one continuing `state`; `runtime` places it among torchrun's ranks (default: one
+        process on the CPU)."""
         self.config = config
+        self.runtime = runtime or Runtime()
         self.out_dir = Path(config.out_dir)
         if config.threads > 0:
             torch.set_num_threads(config.threads)
-        self.data: TokenData = prepare_data(
-            config.data, Path(config.data.data_dir or self.out_dir / DATA_DIR)
-        )
+        self.runtime.check_batch(config.batch_size, "batch_size")
+        for i, phase in enumerate(config.curriculum):
+            self.runtime.check_batch(phase.batch_size, f"curriculum[{i}].batch_size")
+        self.data: TokenData = self._prepare_data()
         model_config = config.model_config(self.data.vocab_size, self.data.tokenizer.eos_token_id)
         self.model = HagMoEModel(model_config)
         init_weights(self.model, config.seed)
+        if state is not None:
+            self.model.load_state_dict(state.model)
+        elif config.init_from:
+            self._load_init_weights(Path(config.init_from))
         self.model.train()
+        self.forward = self.runtime.wrap(self.model)
         self.optimizer = build_optimizer(self.model, config.optimizer)
+        self.trackers = Trackers()
         self.step = 0
         self.tokens_seen = 0
         if state is None:
@@ -90,13 +108,19 @@ class Trainer:
             self._restore(state)
 
     @classmethod
-    def resume(cls, path: str | Path, config: TrainConfig | None = None, **changes: Any) -> Trainer:
+    def resume(
+        cls,
+        path: str | Path,
+        config: TrainConfig | None = None,
+        runtime: Runtime | None = None,
+        **changes: Any,
+    ) -> Trainer:
         """Continue from a checkpoint folder (or a run folder's newest checkpoint) with the config
         saved in it, or with `config` (e.g. more steps; the data and model must be the same),
-        with top-level keys changed by `changes` (e.g. threads, progress)."""
+        with top-level keys changed by `changes` (e.g. threads, progress), at any world size."""
         state = load_state(path)
         config = config or TrainConfig.from_dict(state.config)
-        return cls(config.replace(**changes) if changes else config, state)
+        return cls(config.replace(**changes) if changes else config, state, runtime)
 
     @property
     def log_path(self) -> Path:
@@ -115,9 +139,29 @@ class Trainer:
             initial=self.tokens_seen,
             unit="tok",
             unit_scale=True,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.runtime.is_main),
             dynamic_ncols=True,
         )
+        params = {k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict | list)}
+        self.trackers = open_trackers(
+            cfg.tracking, self.out_dir, params, self.step, self.runtime.is_main
+        )
+        try:
+            self._run(end, result, bar)
+        finally:
+            self.trackers.close()
+        result.seconds = time.perf_counter() - start_time
+        if self.step == cfg.steps:
+            self.save_checkpoint()
+            result.model_dir = self.save_model()
+            self._log({"event": "done", "step": self.step, "tokens": self.tokens_seen})
+        elif cfg.checkpoint_interval <= 0 or self.step % cfg.checkpoint_interval != 0:
+            self.save_checkpoint()
+        self.runtime.barrier()
+        return result
+
+    def _run(self, end: int, result: TrainResult, bar: tqdm[Any]) -> None:
+        cfg = self.config
         with bar:
             while self.step < end:
                 record = self.train_step()
@@ -133,29 +177,26 @@ class Trainer:
                 interval = cfg.checkpoint_interval
                 if not last and interval > 0 and self.step % interval == 0:
                     self.save_checkpoint()
-        result.seconds = time.perf_counter() - start_time
-        if self.step == cfg.steps:
-            self.save_checkpoint()
-            result.model_dir = self.save_model()
-            self._log({"event": "done", "step": self.step, "tokens": self.tokens_seen})
-        elif cfg.checkpoint_interval <= 0 or self.step % cfg.checkpoint_interval != 0:
-            self.save_checkpoint()
-        return result
 
     def train_step(self) -> dict[str, Any]:
-        """One optimisation step; returns its log record (loss terms, lr, K, mu_H, tokens/s)."""
-        cfg, step = self.config, self.step
+        """One optimisation step on this rank's slice of the global batch; returns its log record
+        (loss terms, router statistics, lr, mu_H, tokens/s), every value the global batch's."""
+        cfg, step, reduce = self.config, self.step, self.runtime.reduce
         began = time.perf_counter()
         phase = phase_at(step, cfg.curriculum)
         batch = phase.batch_size or cfg.batch_size
-        inputs, targets = sample_batch(self.data.train, batch, phase.seq_len, cfg.seed, step)
+        inputs, targets = self.runtime.shard(
+            *sample_batch(self.data.train, batch, phase.seq_len, cfg.seed, step)
+        )
         lr = lr_at(step, cfg.optimizer, cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         weights = loss_weights(step, cfg.objective)
         k_override = k_override_at(step, self.model.config, cfg.schedule.k_warmup_steps)
-        out = self.model.forward_full(inputs, training=TrainingOptions(k_override=k_override))
-        terms = objective(self.model, out, targets, weights)
+        out = self.forward(inputs, TrainingOptions(k_override=k_override))
+        terms = objective(self.model, out, targets, weights, reduce=reduce)
+        scored = scored_positions(inputs.shape[0], phase.seq_len, inputs.device)
+        stats = router_stats(self.model, out.routing, scored, reduce)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         grad_norm = clip_gradients(self.model, cfg.optimizer)
@@ -163,15 +204,16 @@ class Trainer:
         mu = update_entropy_means(
             self.model,
             out.routing,
-            scored_positions(batch, phase.seq_len),
+            scored,
             cfg.schedule.mu_momentum,
-            initialise=step == 0,
+            initialise=step == 0 and not cfg.init_from,  # fine-tuning keeps the model's mu_H
+            reduce=reduce,
         )
         tokens = batch * phase.seq_len
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - began
-        values = terms.as_floats()
+        values = _averaged(terms, self.runtime)
         return {
             "event": "train",
             "step": step,
@@ -183,12 +225,13 @@ class Trainer:
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
             "grad_norm": grad_norm,
             "k_override": k_override,
-            "mean_k": sum(float(r.k.float().mean()) for r in out.routing) / len(out.routing),
+            **stats,
             "mu_h": mu,
         }
 
     def validate(self) -> EvalResult:
-        """Validation loss, bits per byte and mean K now; logged."""
+        """Validation loss, bits per byte and mean K now; logged. Every rank scores the whole
+        validation split (FSDP's forward is collective); rank 0 logs."""
         cfg = self.config
         result = evaluate(
             self.model,
@@ -202,24 +245,38 @@ class Trainer:
         return result
 
     def save_checkpoint(self) -> Path:
-        """A resumable checkpoint of the current step."""
-        state = TrainerState(
-            step=self.step,
-            tokens_seen=self.tokens_seen,
-            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            optimizer=self.optimizer.state_dict(),
-            torch_rng=torch.get_rng_state(),
-            config=self.config.to_dict(),
-        )
-        folder = save_state(self.out_dir, state, self.config.keep_checkpoints)
-        self._log({"event": "checkpoint", "step": self.step, "path": str(folder)})
+        """A resumable checkpoint of the current step: full model and optimizer state in the
+        one-process layout (gathered from every rank; rank 0 writes)."""
+        model = self.runtime.model_state(self.model)
+        optimizer = self.runtime.optimizer_state(self.model, self.optimizer)
+        folder = checkpoint_dir(self.out_dir, self.step)
+        if self.runtime.is_main:
+            state = TrainerState(
+                step=self.step,
+                tokens_seen=self.tokens_seen,
+                model=model,
+                optimizer=optimizer,
+                torch_rng=torch.get_rng_state(),
+                config=self.config.to_dict(),
+            )
+            folder = save_state(self.out_dir, state, self.config.keep_checkpoints)
+            self._log({"event": "checkpoint", "step": self.step, "path": str(folder)})
+        self.runtime.barrier()
         return folder
 
     def save_model(self, folder: str | Path | None = None) -> Path:
         """The model folder in the serving format (config.json, model.safetensors,
-        tokenizer.json), by default <out_dir>/model."""
+        tokenizer.json), by default <out_dir>/model; written by rank 0 from the full weights."""
         target = Path(folder) if folder is not None else self.out_dir / MODEL_DIR
-        save_model(self.model, target, self.data.tokenizer)
+        model = self.model
+        if self.runtime.mode == "fsdp":
+            full = self.runtime.model_state(self.model)
+            model = HagMoEModel(self.model.config)
+            if self.runtime.is_main:
+                model.load_state_dict(full)
+        if self.runtime.is_main:
+            save_model(model, target, self.data.tokenizer)
+        self.runtime.barrier()
         return target
 
     def _tokens_until(self, steps: int) -> int:
@@ -229,7 +286,34 @@ class Trainer:
             total += (phase.batch_size or self.config.batch_size) * phase.seq_len
         return total
 
+    def _prepare_data(self) -> TokenData:
+        """The token data, built by rank 0 while the others wait, then read by every rank;
+        fine-tuning encodes with the init folder's tokenizer."""
+        cfg = self.config
+        folder = Path(cfg.data.data_dir or self.out_dir / DATA_DIR)
+        tokenizer = Path(cfg.init_from) / TOKENIZER_FILE if cfg.init_from else None
+        if tokenizer is not None and not tokenizer.is_file():
+            raise InitFromError(f"--init-from {cfg.init_from}: the folder has no {TOKENIZER_FILE}")
+        if self.runtime.is_main:
+            data = prepare_data(cfg.data, folder, tokenizer)
+        self.runtime.barrier()
+        if not self.runtime.is_main:
+            data = prepare_data(cfg.data, folder, tokenizer)
+        return data
+
+    def _load_init_weights(self, folder: Path) -> None:
+        """The weights (and mu_H buffers) of the serving folder being fine-tuned."""
+        if self.data.vocab_size > self.model.config.vocab_size:
+            raise InitFromError(
+                f"--init-from {folder}: its tokenizer has {self.data.vocab_size} tokens, the "
+                f"model's embedding {self.model.config.vocab_size}"
+            )
+        loaded = load_model(folder, dtype=self.model.dtype)
+        self.model.load_state_dict(loaded.state_dict())
+
     def _start_log(self) -> None:
+        if not self.runtime.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / CONFIG_FILE).write_text(self.config.to_toml())
         self.log_path.write_text("")
@@ -245,10 +329,12 @@ class Trainer:
         )
 
     def _restore(self, state: TrainerState) -> None:
-        self.model.load_state_dict(state.model)
-        self.optimizer.load_state_dict(state.optimizer)
+        """Optimizer, RNG and step of `state` (the model was loaded before wrapping)."""
+        self.runtime.load_optimizer_state(self.model, self.optimizer, state.optimizer)
         torch.set_rng_state(state.torch_rng)
         self.step, self.tokens_seen = state.step, state.tokens_seen
+        if not self.runtime.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / CONFIG_FILE).write_text(self.config.to_toml())
         kept: list[str] = []
@@ -262,5 +348,15 @@ class Trainer:
         self._log({"event": "resume", "step": self.step})
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.runtime.is_main:
+            return
         with self.log_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.trackers.log_record(record)
+
+
+def _averaged(terms: LossTerms, runtime: Runtime) -> dict[str, float]:
+    """Each loss term as a float, averaged over the ranks: the global batch's value."""
+    names = ("total", "lm", "group", "expert", "div", "gamma", "z")
+    stacked = torch.stack([getattr(terms, n).detach().float() for n in names])
+    return dict(zip(names, runtime.reduce.average(stacked).tolist(), strict=True))

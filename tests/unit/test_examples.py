@@ -25,6 +25,11 @@ EXAMPLES: list[tuple[str, list[str], str]] = [
         ["{tmp}/sample.txt", "--out", "{tmp}/analysis", "--context", "32"],
         "load CV",
     ),
+    (
+        "finetune_model.py",
+        ["{tmp}/sample.txt", "--out", "{tmp}/run", "--steps", "2", "--seq-len", "8"],
+        "fine-tuned model:",
+    ),
 ]
 
 
