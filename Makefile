@@ -20,8 +20,8 @@ serve: install
 	$(VENV)/bin/hagmoe serve
 
 lint: install
-	$(VENV)/bin/ruff check hagmoe server tests loadtests scripts
-	$(VENV)/bin/ruff format --check hagmoe server tests loadtests scripts
+	$(VENV)/bin/ruff check hagmoe server tests loadtests scripts examples
+	$(VENV)/bin/ruff format --check hagmoe server tests loadtests scripts examples
 
 typecheck: install
 	$(VENV)/bin/mypy

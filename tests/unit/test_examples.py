@@ -30,6 +30,7 @@ EXAMPLES: list[tuple[str, list[str], str]] = [
         ["{tmp}/sample.txt", "--out", "{tmp}/run", "--steps", "2", "--seq-len", "8"],
         "fine-tuned model:",
     ),
+    ("upcycle_dense.py", ["--out", "{tmp}/upcycled"], "max relative logit difference"),
 ]
 
 
@@ -58,11 +59,12 @@ def test_query_server_example_against_a_live_server(tmp_path: Path) -> None:
         server.wait_ready()
         done = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "query_server.py"), "--url", server.url,
-             "--max-new-tokens", "4"],
+             "--grpc", server.grpc_target, "--max-new-tokens", "4"],
             capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr + (tmp_path / "server.log").read_text()
-    for client in ("huggingface_hub text_generation", "huggingface_hub stream", "openai"):
+    clients = ("huggingface_hub text_generation", "huggingface_hub stream", "openai", "grpc")
+    for client in clients:
         assert client in done.stdout

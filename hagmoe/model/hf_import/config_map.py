@@ -55,7 +55,7 @@ def _common_keys(src: SourceConfig, ffn_key: str) -> dict[str, Any]:
         "norm_eps": float(src.require("rms_norm_eps")),
         "tie_embeddings": bool(src.get("tie_word_embeddings")),
         "bos_token_id": src.get("bos_token_id"),
-        "eos_token_id": _first_id(src.get("eos_token_id")),
+        "eos_token_id": first_token_id(src.get("eos_token_id")),
         "pad_token_id": src.get("pad_token_id"),
     }
 
@@ -72,7 +72,7 @@ def _reject_common(src: SourceConfig) -> None:
         src.unsupported("quantization_config", quantization, "quantized weights")
 
 
-def _first_id(value: Any) -> Any:
+def first_token_id(value: Any) -> Any:
     """transformers allows a list of eos ids; the native config holds one (the first)."""
     if isinstance(value, list):
         return value[0] if value else None

@@ -19,7 +19,7 @@ from hagmoe.model.checkpoint import save_model
 from hagmoe.model.config import MODEL_TYPE, ModelConfig
 from hagmoe.model.factory import init_weights
 from hagmoe.model.hf_import.assemble import stored_dtype
-from hagmoe.model.hf_import.config_map import _first_id
+from hagmoe.model.hf_import.config_map import first_token_id
 from hagmoe.model.hf_import.detect import read_config_json
 from hagmoe.model.hf_import.rope_params import rope_settings
 from hagmoe.model.hf_import.source_config import SourceConfig
@@ -106,7 +106,7 @@ def dense_config(data: dict[str, Any], opts: UpcycleOptions) -> ModelConfig:
         "attn_out_bias": False if qwen else bool(src.get("attention_bias")),
         "tie_embeddings": bool(src.get("tie_word_embeddings")),
         "bos_token_id": src.get("bos_token_id"),
-        "eos_token_id": _first_id(src.get("eos_token_id")),
+        "eos_token_id": first_token_id(src.get("eos_token_id")),
         "pad_token_id": src.get("pad_token_id"),
         **_router_keys(opts),
     }
