@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hagmoe.engine.logits_processors import apply_constraints, has_constraints
 from hagmoe.engine.request import Request, TokenLogprob
 
 _NEG_INF = float("-inf")
@@ -27,8 +28,8 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Penalties, min-tokens masking, then greedy argmax or temperature/top-k/top-p/typical
-    sampling, vectorised over the batch.
+    """Penalties, min-tokens masking and logit constraints (bias, allowed ids, bad words), then
+    greedy argmax or temperature/top-k/top-p/typical/min-p sampling, vectorised over the batch.
 
     Seeded requests draw their randomness (one uniform per step) from `request.generator`, so a
     seeded request samples the same tokens whatever else is in the batch and wherever its row is;
@@ -46,9 +47,10 @@ class Sampler:
         """Pick the next token of each request from `logits` [B, V] (float32 or bfloat16).
 
         Logprobs (requests with `sampling_params.logprobs` set) are log_softmax of the logits
-        after penalties and min-tokens masking but BEFORE temperature, top-k, top-p and
-        typical-p: the model's distribution, not the sampling one. The requests are not mutated;
-        only the generators of seeded, non-greedy requests advance (one draw per call).
+        after penalties, min-tokens masking and the logit constraints but BEFORE temperature,
+        top-k, top-p, typical-p and min-p: the model's distribution, not the sampling one. The
+        requests are not mutated; only the generators of seeded, non-greedy requests advance
+        (one draw per call).
         """
         if logits.dim() != 2 or logits.shape[0] != len(requests):
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(requests)} requests")
@@ -59,6 +61,8 @@ class Sampler:
         x = logits.float()  # [B, V]
         x = _apply_penalties(x, requests)
         x = _mask_min_tokens(x, requests)
+        if any(has_constraints(r) for r in requests):
+            x = apply_constraints(x, requests)
         chosen = x.argmax(dim=-1)  # [B]
         rows = [i for i, r in enumerate(requests) if not r.sampling_params.greedy]
         if rows:
@@ -80,6 +84,8 @@ class Sampler:
             x = _top_p(x, torch.tensor([p.top_p for p in params], device=device))
         if any(p.typical_p < 1.0 for p in params):
             x = _typical_p(x, torch.tensor([p.typical_p for p in params], device=device))
+        if any(p.min_p > 0.0 for p in params):
+            x = _min_p(x, torch.tensor([p.min_p for p in params], device=device))
         probs = torch.softmax(x, dim=-1)  # [S, V]
         return _inverse_cdf(probs, self._uniforms(requests).to(device))
 
@@ -99,6 +105,7 @@ def _is_plain_greedy(request: Request) -> bool:
         and p.logprobs is None
         and not _has_penalty(request)
         and not _min_tokens_active(request)
+        and not has_constraints(request)
     )
 
 
@@ -208,6 +215,13 @@ def _typical_p(x: Tensor, mass: Tensor) -> Tensor:
     drop_sorted = (sorted_gap > sorted_gap.gather(1, last)) & (mass < 1.0)[:, None]
     drop_sorted[:, 0] = False
     return x.masked_fill(drop_sorted.scatter(1, order, drop_sorted), _NEG_INF)
+
+
+def _min_p(x: Tensor, min_p: Tensor) -> Tensor:
+    """Drop tokens less likely than min_p [S] times the row's most likely token."""
+    probs = torch.softmax(x, dim=-1)  # [S, V]
+    threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values  # [S, 1]
+    return x.masked_fill(probs < threshold, _NEG_INF)
 
 
 def _inverse_cdf(probs: Tensor, uniforms: Tensor) -> Tensor:

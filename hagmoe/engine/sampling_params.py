@@ -22,6 +22,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
     typical_p: float = 1.0
+    min_p: float = 0.0  # keep tokens with probability >= min_p x the most likely one's; 0 = off
     repetition_penalty: float = 1.0  # CTRL-style, on prompt and output tokens; 1 = off
     frequency_penalty: float = 0.0  # OpenAI-style, on output tokens
     presence_penalty: float = 0.0
@@ -33,6 +34,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # None: off; n: each prompt token's logprob and top n
     return_routing: bool = False
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> bias in [-100, 100]
+    allowed_token_ids: list[int] = field(default_factory=list)  # empty: every token
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)  # never generated
 
     @property
     def greedy(self) -> bool:
@@ -65,6 +69,12 @@ class SamplingParams:
             f"must lie in (0, 1], got {self.typical_p}",
         )
         _require(
+            _finite(self.min_p) and 0 <= self.min_p <= 1,
+            "min_p",
+            f"must lie in [0, 1] (0 = off), got {self.min_p}",
+        )
+        self._validate_token_constraints(vocab_size)
+        _require(
             _finite(self.repetition_penalty) and self.repetition_penalty > 0,
             "repetition_penalty",
             f"must be > 0 (1 = off), got {self.repetition_penalty}",
@@ -87,12 +97,7 @@ class SamplingParams:
             "stop",
             "stop sequences must be non-empty strings",
         )
-        for token in self.stop_token_ids:
-            _require(
-                token >= 0 and (vocab_size is None or token < vocab_size),
-                "stop_token_ids",
-                f"token id {token} outside [0, vocab_size={vocab_size})",
-            )
+        _check_ids("stop_token_ids", self.stop_token_ids, vocab_size)
         for name, n in (("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)):
             _require(
                 n is None or 0 <= n <= MAX_LOGPROBS,
@@ -100,6 +105,28 @@ class SamplingParams:
                 f"must lie in [0, {MAX_LOGPROBS}], got {n}",
             )
         return self
+
+    def _validate_token_constraints(self, vocab_size: int | None) -> None:
+        _check_ids("logit_bias", list(self.logit_bias), vocab_size)
+        for value in self.logit_bias.values():
+            _require(
+                _finite(value) and -100 <= value <= 100,
+                "logit_bias",
+                f"biases must lie in [-100, 100], got {value}",
+            )
+        _check_ids("allowed_token_ids", self.allowed_token_ids, vocab_size)
+        for word in self.bad_words_token_ids:
+            _require(bool(word), "bad_words", "a bad word must hold at least one token")
+            _check_ids("bad_words", word, vocab_size)
+
+
+def _check_ids(field_name: str, ids: Sequence[int], vocab_size: int | None) -> None:
+    for token in ids:
+        _require(
+            token >= 0 and (vocab_size is None or token < vocab_size),
+            field_name,
+            f"token id {token} outside [0, vocab_size={vocab_size})",
+        )
 
 
 def validate_prompt(prompt: Sequence[int], max_model_len: int, vocab_size: int) -> None:

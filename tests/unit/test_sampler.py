@@ -242,3 +242,59 @@ def test_bfloat16_logits_are_accepted() -> None:
     assert out.token_ids[0] == greedy.token_ids[0] and all(0 <= t < 64 for t in out.token_ids)
     entry = out.logprobs[0]
     assert entry is not None and math.isfinite(entry.logprob)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_logit_bias_allowed_ids_and_bad_words_constrain_every_draw(temperature: float) -> None:
+    logits = torch.tensor([[9.0, 8.0, 7.0, 6.0, 0.0]])
+    sampler = Sampler(seed=3)
+
+    def draws(**params: Any) -> set[int]:
+        request = make_request(prompt=[1, 2], temperature=temperature, **params)
+        return {sampler(logits, [request]).token_ids[0] for _ in range(40)}
+
+    assert draws(logit_bias={4: 100.0}) == {4}
+    assert draws(allowed_token_ids=[2, 3], logit_bias={3: 50.0}) == {3}
+    assert draws(bad_words_token_ids=[[0], [1]], allowed_token_ids=[0, 1, 2]) == {2}
+    # a two-token bad word bans its last token only right after its first: the prompt ends in 2
+    assert draws(bad_words_token_ids=[[2, 0]], allowed_token_ids=[0, 1]) == {1}
+    assert 0 in draws(bad_words_token_ids=[[1, 0]], allowed_token_ids=[0, 1])
+
+
+def test_constrained_logprobs_are_the_masked_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    request = make_request(allowed_token_ids=[1, 2], temperature=0.0, logprobs=2)
+    out = Sampler()(logits, [request])
+    want = torch.log_softmax(torch.tensor([1.0, 0.0]), -1)
+    assert out.token_ids == [1] and out.logprobs[0] is not None
+    assert out.logprobs[0].logprob == pytest.approx(float(want[0]), abs=1e-6)
+    assert list(out.logprobs[0].top) == [1, 2]
+
+
+def test_min_p_keeps_tokens_above_the_scaled_maximum() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()[None, :]
+    sampler = Sampler(seed=0)
+    request = make_request(temperature=1.0, min_p=0.25)  # threshold 0.125
+    seen = {sampler(logits, [request]).token_ids[0] for _ in range(300)}
+    assert seen == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"min_p": 1.5}, "min_p"),
+        ({"logit_bias": {3: 101.0}}, "logit_bias"),
+        ({"logit_bias": {99: 1.0}}, "logit_bias"),
+        ({"allowed_token_ids": [-1]}, "allowed_token_ids"),
+        ({"bad_words_token_ids": [[]]}, "bad_words"),
+        ({"bad_words_token_ids": [[1, 50]]}, "bad_words"),
+    ],
+)
+def test_constraint_fields_out_of_range_are_refused_by_name(
+    params: dict[str, Any], field: str
+) -> None:
+    from hagmoe.engine.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=field):
+        SamplingParams(**params).validate(vocab_size=10)
