@@ -95,12 +95,13 @@ class AsyncEngine:
         params: SamplingParams,
         request_id: str | None = None,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> Request:
         """Validate now, on the caller's thread, and give the request a unique engine id;
         raises InvalidRequestError naming the field, or EngineDeadError."""
         self._check_running()
         rid = f"{request_id or 'req'}-{next(self._ids)}"
-        return self.core.make_request(rid, prompt_token_ids, params, deadline)
+        return self.core.make_request(rid, prompt_token_ids, params, deadline, priority)
 
     async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of a request from make_request (opaque to the caller); leaving

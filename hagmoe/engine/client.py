@@ -78,6 +78,7 @@ class EngineClient(Protocol):
         params: SamplingParams,
         request_id: str | None = None,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> Request:
         """Validate (the one validation) and build a request, opaque to the caller."""
         ...

@@ -18,6 +18,8 @@ DTYPES = {
     "float64": torch.float64,
 }
 
+SCHEDULING_POLICIES = ("fcfs", "priority")
+
 
 @dataclass(slots=True)
 class EngineConfig:
@@ -34,6 +36,7 @@ class EngineConfig:
     dtype: str = "float32"
     seed: int | None = None  # the shared generator of unseeded requests
     collect_routing_stats: bool = False  # per-step expert / group counts (the server's metrics)
+    scheduling_policy: str = "fcfs"  # or "priority": lowest Request.priority first
     keep_logits: bool = False  # keep each step's sampled-position logits (tests, debugging)
 
     @property
@@ -44,6 +47,11 @@ class EngineConfig:
         """Validate against the model and fill the derived sizes; returns self."""
         if self.dtype not in DTYPES:
             raise ConfigError(f"engine dtype {self.dtype!r}: choose one of {sorted(DTYPES)}")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ConfigError(
+                f"scheduling_policy {self.scheduling_policy!r}: choose one of "
+                f"{list(SCHEDULING_POLICIES)}"
+            )
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"engine {name} = {getattr(self, name)}: must be >= 1")

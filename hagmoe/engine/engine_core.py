@@ -54,6 +54,7 @@ class EngineCore:
             self.config.max_num_seqs,
             self.config.max_num_batched_tokens,
             self.config.max_model_len,
+            self.config.scheduling_policy,
         )
         self.runner = ModelRunner(model, self.config)
         self.last_stats = StepStats()
@@ -72,6 +73,7 @@ class EngineCore:
         prompt_token_ids: list[int],
         params: SamplingParams | None = None,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> Request:
         """Validate a request and build its state; the one validation every path runs. Pure
         (touches no engine state), so any thread may call it; raises InvalidRequestError
@@ -81,7 +83,12 @@ class EngineCore:
         assert self.config.max_model_len is not None
         validate_prompt(prompt_token_ids, self.config.max_model_len, self.model.config.vocab_size)
         request = Request(
-            request_id, list(prompt_token_ids), params, self.eos_token_id, deadline=deadline
+            request_id,
+            list(prompt_token_ids),
+            params,
+            self.eos_token_id,
+            deadline=deadline,
+            priority=priority,
         )
         if self.tokenizer is not None:
             request.detokenizer = IncrementalDetokenizer(
@@ -101,9 +108,10 @@ class EngineCore:
         prompt_token_ids: list[int],
         params: SamplingParams | None = None,
         deadline: float | None = None,
+        priority: int = 0,
     ) -> Request:
         """make_request, then enqueue: the synchronous callers' one call."""
-        request = self.make_request(request_id, prompt_token_ids, params, deadline)
+        request = self.make_request(request_id, prompt_token_ids, params, deadline, priority)
         self.enqueue(request)
         return request
 

@@ -51,6 +51,7 @@ class Request:
     eos_token_id: int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # time.monotonic() after which the request is aborted
+    priority: int = 0  # scheduling_policy "priority": lower runs first (ties: arrival)
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(init=False)  # prompt + output
     output_token_ids: list[int] = field(default_factory=list)

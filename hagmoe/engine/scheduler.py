@@ -1,5 +1,7 @@
-"""The token-budget scheduler: running requests first, then waiting ones (FCFS), chunked
-prefill, and recompute preemption of the newest running request when blocks run out."""
+"""The token-budget scheduler: running requests first, then waiting ones, chunked prefill, and
+recompute preemption when blocks run out. Policy "fcfs": waiting in arrival order, the newest
+running request preempted; "priority" (vLLM's): the lowest (priority, arrival) waiting request
+first, the highest preempted."""
 
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_model_len: int,
+        policy: str = "fcfs",
     ) -> None:
         self.kv_cache = kv_cache
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        self.policy = policy
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -63,6 +67,8 @@ class Scheduler:
         """Pick this step's requests and token counts within the token budget."""
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
+        if self.policy == "priority":
+            self.running.sort(key=_rank)  # the budget goes first, preemption last, by rank
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
@@ -86,6 +92,11 @@ class Scheduler:
                 return False
         return True
 
+    def _next_waiting(self) -> Request:
+        if self.policy == "priority":
+            return min(self.waiting, key=_rank)
+        return self.waiting[0]
+
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
         request.status = RequestStatus.PREEMPTED
@@ -96,12 +107,12 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
+            request = self._next_waiting()
             blocks, num_hit = self.kv_cache.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit, budget)
             if self.kv_cache.allocate_slots(request, num_new, blocks) is None:
                 return
-            self.waiting.popleft()
+            self.waiting.remove(request)
             request.num_computed_tokens = num_hit
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit
@@ -158,3 +169,7 @@ class Scheduler:
             if stop_string is None and request.detokenizer is not None:
                 text += request.detokenizer.flush()
         return RequestOutput.from_request(request, status, [token], text, logprob, routing)
+
+
+def _rank(request: Request) -> tuple[int, float]:
+    return request.priority, request.arrival_time
