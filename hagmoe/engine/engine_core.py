@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -95,6 +96,34 @@ class EngineCore:
                 self.tokenizer, request.prompt_token_ids, params.stop, params.skip_special_tokens
             )
         return request
+
+    def make_requests(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        n: int,
+        deadline: float | None = None,
+        priority: int = 0,
+    ) -> list[Request]:
+        """n sibling requests `{request_id}-{i}` of one prompt (OpenAI's n, TGI's best_of): the
+        first computes the prompt and the others wait for it, then take its blocks from the
+        prefix cache; a seed gives sibling i the seed + i."""
+        if n < 1:
+            raise InvalidRequestError("n", f"must be >= 1, got {n}")
+        siblings: list[Request] = []
+        for i in range(n):
+            seed = None if params.seed is None else (params.seed + i) % 2**63
+            request = self.make_request(
+                f"{request_id}-{i}",
+                prompt_token_ids,
+                dataclasses.replace(params, seed=seed),
+                deadline,
+                priority,
+            )
+            request.prefill_leader = siblings[0] if siblings else None
+            siblings.append(request)
+        return siblings
 
     def enqueue(self, request: Request) -> None:
         """Queue a request made by make_request; InvalidRequestError if its id is in flight."""

@@ -52,6 +52,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # time.monotonic() after which the request is aborted
     priority: int = 0  # scheduling_policy "priority": lower runs first (ties: arrival)
+    prefill_leader: Request | None = None  # a sibling (n > 1) whose prompt this one reuses
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(init=False)  # prompt + output
     output_token_ids: list[int] = field(default_factory=list)
@@ -90,6 +91,17 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def waits_for_leader(self) -> bool:
+        """Whether the prefill leader is still computing the prompt this request will find in
+        the prefix cache once it is done."""
+        leader = self.prefill_leader
+        return (
+            leader is not None
+            and not leader.is_finished
+            and leader.num_computed_tokens < leader.num_prompt_tokens
+        )
 
     def stop_status(
         self, token: int, stop_string: str | None, max_model_len: int

@@ -92,10 +92,12 @@ class Scheduler:
                 return False
         return True
 
-    def _next_waiting(self) -> Request:
+    def _next_waiting(self) -> Request | None:
+        """The next waiting request by policy, passing over those waiting for a leader."""
+        ready = (r for r in self.waiting if not r.waits_for_leader)
         if self.policy == "priority":
-            return min(self.waiting, key=_rank)
-        return self.waiting[0]
+            return min(ready, key=_rank, default=None)
+        return next(ready, None)
 
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
@@ -108,6 +110,8 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self._next_waiting()
+            if request is None:
+                return
             blocks, num_hit = self.kv_cache.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_hit, budget)
             if self.kv_cache.allocate_slots(request, num_new, blocks) is None:
