@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from hagmoe.engine.request import Request, RequestStatus
 from hagmoe.engine.sampling_params import SamplingParams, validate_prompt
 from hagmoe.engine.scheduler import Scheduler
 from hagmoe.engine.step import RoutingStats
+from hagmoe.engine.structured_output import GrammarCompiler
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -61,6 +63,8 @@ class EngineCore:
         self.last_stats = StepStats()
         self._prefix_seen = (0, 0)
         self.last_logits: dict[str, Tensor] = {}
+        self._grammar_compiler: GrammarCompiler | None = None
+        self._grammar_lock = threading.Lock()
 
     @property
     def eos_token_id(self) -> int | None:
@@ -91,6 +95,8 @@ class EngineCore:
             deadline=deadline,
             priority=priority,
         )
+        if params.structured_outputs is not None:
+            request.grammar = self._grammars().matcher(params.structured_outputs)
         if self.tokenizer is not None:
             request.detokenizer = IncrementalDetokenizer(
                 self.tokenizer, request.prompt_token_ids, params.stop, params.skip_special_tokens
@@ -124,6 +130,18 @@ class EngineCore:
             request.prefill_leader = siblings[0] if siblings else None
             siblings.append(request)
         return siblings
+
+    def _grammars(self) -> GrammarCompiler:
+        """The engine's grammar compiler, built on first use (any thread)."""
+        with self._grammar_lock:
+            if self._grammar_compiler is None:
+                if self.tokenizer is None:
+                    raise InvalidRequestError(
+                        "structured_outputs", "needs a tokenizer (this engine has none)"
+                    )
+                vocab = self.model.config.vocab_size
+                self._grammar_compiler = GrammarCompiler(self.tokenizer, vocab, self.eos_token_id)
+            return self._grammar_compiler
 
     def enqueue(self, request: Request) -> None:
         """Queue a request made by make_request; InvalidRequestError if its id is in flight."""

@@ -70,6 +70,7 @@ class Request:
     routing: list[Any] = field(default_factory=list)  # per output token: per-layer decisions
     generator: torch.Generator | None = None  # seeded per request (SamplingParams.seed)
     detokenizer: IncrementalDetokenizer | None = None
+    grammar: Any = None  # an llguidance.LLMatcher the output tokens advance (structured outputs)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)
@@ -111,6 +112,8 @@ class Request:
         params = self.sampling_params
         if stop_string is not None:
             return RequestStatus.FINISHED_STOPPED, stop_string
+        if self.grammar is not None and (self.grammar.is_stopped() or self.grammar.is_error()):
+            return RequestStatus.FINISHED_STOPPED, None
         if self.num_output_tokens >= params.min_new_tokens:
             if token == self.eos_token_id and not params.ignore_eos:
                 return RequestStatus.FINISHED_STOPPED, None
@@ -130,3 +133,5 @@ class Request:
         """Add one sampled token (called from Scheduler.update_from_output only)."""
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+        if self.grammar is not None:
+            self.grammar.consume_token(token_id)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from hagmoe.engine.logits_processors import apply_constraints, has_constraints
 from hagmoe.engine.request import Request, TokenLogprob
+from hagmoe.engine.structured_output import apply_grammars, has_grammar
 
 _NEG_INF = float("-inf")
 
@@ -63,6 +64,8 @@ class Sampler:
         x = _mask_min_tokens(x, requests)
         if any(has_constraints(r) for r in requests):
             x = apply_constraints(x, requests)
+        if any(has_grammar(r) for r in requests):
+            x = apply_grammars(x, list(requests))
         chosen = x.argmax(dim=-1)  # [B]
         rows = [i for i, r in enumerate(requests) if not r.sampling_params.greedy]
         if rows:
@@ -106,6 +109,7 @@ def _is_plain_greedy(request: Request) -> bool:
         and not _has_penalty(request)
         and not _min_tokens_active(request)
         and not has_constraints(request)
+        and not has_grammar(request)
     )
 
 

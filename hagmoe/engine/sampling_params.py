@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hagmoe.engine.errors import InvalidRequestError
+from hagmoe.engine.structured_output import StructuredOutputs
 
 MAX_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
@@ -37,6 +38,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> bias in [-100, 100]
     allowed_token_ids: list[int] = field(default_factory=list)  # empty: every token
     bad_words_token_ids: list[list[int]] = field(default_factory=list)  # never generated
+    structured_outputs: StructuredOutputs | None = None  # a grammar the output must match
 
     @property
     def greedy(self) -> bool:
@@ -74,6 +76,8 @@ class SamplingParams:
             f"must lie in [0, 1] (0 = off), got {self.min_p}",
         )
         self._validate_token_constraints(vocab_size)
+        if self.structured_outputs is not None:
+            self.structured_outputs.kind()
         _require(
             _finite(self.repetition_penalty) and self.repetition_penalty > 0,
             "repetition_penalty",

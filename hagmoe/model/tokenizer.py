@@ -65,6 +65,10 @@ class Tokenizer:
         listed = {i for i in specials.values() if i is not None}
         self.special_token_ids: frozenset[int] = frozenset(listed | self._flavour_specials())
 
+    def hf_json(self) -> str | None:
+        """The `tokenizers` JSON of this tokenizer (None for the byte-level one)."""
+        return self._hf.to_str() if self._hf is not None else None
+
     @classmethod
     def load(
         cls,
