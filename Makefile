@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit clean proto bench-serving deploy-tools system-tools
+.PHONY: install serve test lint typecheck unit clean proto bench-serving deploy-tools system-tools browser-tools
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install deploy-tools
+unit: install deploy-tools browser-tools
 	$(PY) -m pytest tests
 
 test: lint typecheck unit
@@ -63,6 +63,12 @@ system-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
+
+# Headless Chromium for tests/integration/test_docs_browser.py (renders /docs), from Debian.
+browser-tools:
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 # The serving comparison (docs/loadtests.md): hagmoe serve vs offline engine vs naive vs HF
 # Mixtral; writes docs/results/ and docs/img/. Needs a quiet machine; BENCH_ARGS=--smoke to check.

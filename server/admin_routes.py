@@ -80,6 +80,11 @@ def admin_router(ctx: ServerContext) -> APIRouter:
             return error_response(Unavailable("the engine loop is not running"), "tgi")
         return JSONResponse({"status": "ok"})
 
+    @router.head("/health", responses=UNAVAILABLE)
+    async def health_head() -> Response:
+        """Liveness as GET /health, headers only (200 or 503)."""
+        return await health()
+
     @router.get("/ready", responses=UNAVAILABLE)
     async def ready() -> Response:
         """Readiness: the model is loaded, the engine runs and the server is not draining."""

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 import hagmoe
 from hagmoe.errors import HagMoEError
@@ -15,6 +16,7 @@ from server.admin_routes import admin_router
 from server.errors import ServiceError, api_of_path, error_response, to_service_error
 from server.http_guard import HttpGuard
 from server.openai_routes import openai_router
+from server.openapi_docs import install_docs
 from server.server_context import ServerContext
 from server.tgi_routes import tgi_router
 
@@ -23,16 +25,25 @@ logger = logging.getLogger("hagmoe.server")
 DESCRIPTION = (
     "REST API of the hagmoe inference server: TGI-compatible generation, OpenAI-compatible "
     "completions and chat, tokenizer, info, health and Prometheus metrics. Send "
-    "`Authorization: Bearer <key>` when the server has API keys. See docs/api.md."
+    "`Authorization: Bearer <key>` when the server has API keys. Errors come in the route "
+    "family's shape: `{error, error_type}` on TGI and tokenizer routes, OpenAI's "
+    "`{error: {message, type, param, code}}` on /v1. See docs/api.md."
 )
 
 
 def build_app(ctx: ServerContext) -> FastAPI:
-    app = FastAPI(title="hagmoe", version=hagmoe.__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="hagmoe",
+        version=hagmoe.__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_docs(app, ctx.keys.enabled)
     app.include_router(tgi_router(ctx))
     app.include_router(openai_router(ctx))
     app.include_router(admin_router(ctx))
-    for kind in (ServiceError, HagMoEError, RequestValidationError, Exception):
+    for kind in (ServiceError, HagMoEError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, _on_error)
     app.add_middleware(
         HttpGuard,

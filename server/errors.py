@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 import grpc
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
 from hagmoe.errors import TokenizerError
@@ -113,6 +114,29 @@ class ClientGone(ServiceError):
     outcome = "cancelled"
 
 
+class RouteNotFound(ServiceError):
+    kind = "not_found"
+    http_status = 404
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    openai_type = "invalid_request_error"
+    outcome = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    kind = "method_not_allowed"
+    http_status = 405
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+    openai_type = "invalid_request_error"
+    outcome = "invalid"
+
+    def __init__(self, message: str, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
+
 class InternalError(ServiceError):
     pass
 
@@ -129,18 +153,48 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return InvalidInput(str(exc))
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        return _from_http(exc)
     return InternalError(f"internal error: {type(exc).__name__}")
 
 
+def _from_http(exc: HTTPException) -> ServiceError:
+    """Starlette's and FastAPI's own errors: no route (404), wrong method (405), a body that
+    cannot be read as UTF-8 JSON (400: invalid input, like any other parse error)."""
+    if exc.status_code == 404:
+        return RouteNotFound("no such route; see /docs or /openapi.json")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow")
+        return MethodNotAllowed(f"method not allowed; allowed: {allow or 'see /docs'}", allow)
+    if exc.status_code == 400:
+        return InvalidInput(f"body: cannot be parsed as UTF-8 JSON ({exc.detail})")
+    if exc.status_code < 500:
+        return InvalidInput(str(exc.detail))
+    return InternalError(f"internal error: {exc.detail}")
+
+
 def _from_validation(exc: RequestValidationError) -> InvalidInput:
+    """One message naming every offending field (and its value), the first field as `param`;
+    a body that is not JSON says so with the parser's reason."""
     problems: list[str] = []
     first_param: str | None = None
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            reason = (err.get("ctx") or {}).get("error", "JSON decode error")
+            problems.append(f"body: invalid JSON ({reason})")
+            continue
         loc = [str(part) for part in err.get("loc", ()) if part != "body"]
         where = ".".join(loc) or "body"
-        first_param = first_param or where
-        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        first_param = first_param or (where if loc else None)
+        problems.append(f"{where}: {err.get('msg', 'invalid')}{_got(err.get('input'))}")
     return InvalidInput("; ".join(problems) or "invalid request body", first_param)
+
+
+def _got(value: Any) -> str:
+    """`, got <value>` for a short scalar input (the value a limit refused)."""
+    if isinstance(value, bool | int | float | str) and len(repr(value)) <= 40:
+        return f", got {value!r}"
+    return ""
 
 
 def http_status(err: ServiceError, api: Api) -> int:

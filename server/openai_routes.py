@@ -50,6 +50,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 
+STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer (JSON), or with `stream: true` server-sent events: "
+        "`data: <chunk JSON>` lines, a failure as one OpenAIError event, then `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
 
 def openai_finish(reason: Finish | None) -> str | None:
     """OpenAI's finish reason: length, or stop (end-of-sequence or a stop string)."""
@@ -250,12 +258,18 @@ def openai_router(ctx: ServerContext) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["OpenAI"])
     api = OpenAIFrontend(ctx)
 
-    @router.post("/completions", response_model=CompletionResponse, responses=ERRORS)
+    @router.post(
+        "/completions", response_model=CompletionResponse, responses={**ERRORS, **STREAM_DOC}
+    )
     async def completions(body: CompletionRequest, request: Request) -> Response:
         """Complete a prompt; `stream: true` gives server-sent chunks ending `data: [DONE]`."""
         return await api.completion(body, request)
 
-    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+    @router.post(
+        "/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**ERRORS, **STREAM_DOC},
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """Answer a conversation (rendered with the chat template)."""
         return await api.chat(body, request)

@@ -1,17 +1,30 @@
 """Bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions, /v1/models).
 
-Unknown keys are ignored, as OpenAI-compatible servers do; hagmoe's extensions are marked."""
+Unknown keys are ignored, as OpenAI-compatible servers do; hagmoe's extensions are marked.
+Request bodies are strict (no coercion: `"4"` is not an int, `"yes"` not a bool; an int is a
+float) and carry the limits the engine enforces, so the OpenAPI schema says what is refused."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from server.tgi_schemas import RoutingEntry
+from server.tgi_schemas import (
+    MAX_LOGPROBS,
+    MAX_STOP,
+    STRICT_IGNORE,
+    NonEmptyStr,
+    RoutingEntry,
+    TokenId,
+)
+
+PromptIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT_IGNORE
+
     include_usage: bool = Field(
         default=False, description="Send a last chunk with usage before [DONE]."
     )
@@ -20,29 +33,37 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     """Fields both OpenAI routes share."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT_IGNORE
 
     model: str = Field(description="The served model name (see GET /v1/models).")
     temperature: float | None = Field(
-        default=None, description="Softmax temperature (default 1; 0 = greedy)."
+        default=None, ge=0, description="Softmax temperature (default 1; 0 = greedy)."
     )
-    top_p: float | None = Field(default=None, description="Nucleus mass in (0, 1].")
-    n: int = Field(default=1, description="Completions per prompt: only 1 is supported.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus mass in (0, 1].")
+    n: int = Field(default=1, ge=1, description="Completions per prompt: only 1 is supported.")
     stream: bool = Field(default=False, description="Answer with server-sent events ending [DONE].")
     stream_options: StreamOptions | None = Field(default=None, description="Streaming options.")
-    stop: str | list[str] | None = Field(default=None, description="Stop string(s).")
-    presence_penalty: float | None = Field(default=None, description="In [-2, 2].")
-    frequency_penalty: float | None = Field(default=None, description="In [-2, 2].")
-    seed: int | None = Field(default=None, description="Random seed of this request.")
+    stop: NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=MAX_STOP)] | None = Field(
+        default=None, description="Stop string(s), at most 16."
+    )
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, description="In [-2, 2].")
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, description="In [-2, 2].")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="Random seed of this request."
+    )
     logit_bias: dict[str, float] | None = Field(
         default=None, description="Not supported when non-empty."
     )
     user: str | None = Field(default=None, description="Ignored.")
-    top_k: int | None = Field(default=None, description="hagmoe: keep the k most likely tokens.")
-    repetition_penalty: float | None = Field(
-        default=None, description="hagmoe: CTRL penalty (1 = off)."
+    top_k: int | None = Field(
+        default=None, ge=0, description="hagmoe: keep the k most likely tokens (0 = off)."
     )
-    min_tokens: int | None = Field(default=None, description="hagmoe: fewest tokens before EOS.")
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, description="hagmoe: CTRL penalty (1 = off)."
+    )
+    min_tokens: int | None = Field(
+        default=None, ge=0, description="hagmoe: fewest tokens before EOS."
+    )
     ignore_eos: bool = Field(
         default=False, description="hagmoe: keep generating past end-of-sequence."
     )
@@ -50,32 +71,40 @@ class SamplingFields(BaseModel):
         default=False, description="hagmoe: each token's routing per layer."
     )
     timeout: float | None = Field(
-        default=None, description="hagmoe: seconds until the request ends (504)."
+        default=None, gt=0, description="hagmoe: seconds until the request ends (504)."
     )
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]] = Field(
-        description="Text or token ids (a list of prompts must hold exactly one)."
+    prompt: (
+        NonEmptyStr
+        | PromptIds
+        | Annotated[list[NonEmptyStr], Field(min_length=1)]
+        | Annotated[list[PromptIds], Field(min_length=1)]
+    ) = Field(description="Text or token ids (a list of prompts must hold exactly one).")
+    max_tokens: int | None = Field(
+        default=16, ge=1, description="Most tokens to generate (default 16)."
     )
-    max_tokens: int | None = Field(default=16, description="Most tokens to generate (default 16).")
     echo: bool = Field(default=False, description="Prepend the prompt to the text.")
     logprobs: int | None = Field(
-        default=None, description="Alternatives per token (0..20) with logprobs."
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Alternatives per token (0..20) with logprobs.",
     )
-    best_of: int | None = Field(default=None, description="Only 1 is supported.")
+    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported.")
     suffix: str | None = Field(default=None, description="Not supported.")
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT_IGNORE
 
     type: str = Field(description="Only `text` parts are supported.")
     text: str | None = Field(default=None, description="The text of a text part.")
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT_IGNORE
 
     role: str = Field(description="system, user, assistant (or any role the template knows).")
     content: str | list[ContentPart] | None = Field(default=None, description="Text or text parts.")
@@ -84,10 +113,16 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(description="The conversation so far.")
-    max_tokens: int | None = Field(default=None, description="Most tokens (default: all that fit).")
-    max_completion_tokens: int | None = Field(default=None, description="Alias of max_tokens.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens (default: all that fit)."
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="Alias of max_tokens."
+    )
     logprobs: bool = Field(default=False, description="Return each token's logprob.")
-    top_logprobs: int | None = Field(default=None, description="Alternatives per token (0..20).")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token (0..20)."
+    )
     tools: list[dict[str, Any]] | None = Field(
         default=None, description="Not supported when non-empty."
     )

@@ -140,7 +140,13 @@ def tgi_router(ctx: ServerContext) -> APIRouter:
     @router.post(
         "/",
         response_model=list[TgiResponse],
-        responses={**ERRORS, 200: {"description": "A list of one TgiResponse, or SSE with stream"}},
+        responses={
+            **ERRORS,
+            200: {
+                "description": "A list of one TgiResponse, or SSE (as /generate_stream) with stream",
+                "content": STREAM_DOC[200]["content"],
+            },
+        },
     )
     async def compat(body: TgiRequest, request: Request) -> Response:
         """TGI's compatibility route: a list of one result, or events when `stream` is true."""

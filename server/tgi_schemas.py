@@ -1,10 +1,21 @@
-"""Bodies of the TGI-compatible routes (/generate, /generate_stream, /) and the tokenizer routes."""
+"""Bodies of the TGI-compatible routes (/generate, /generate_stream, /) and the tokenizer routes.
+
+Request bodies are strict: no coercion (`"4"` is not an int, `"yes"` not a bool; an int is a
+float, and NaN / infinity are refused), and the limits the engine enforces are in the schema."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hagmoe.engine.sampling_params import MAX_LOGPROBS, MAX_STOP_SEQUENCES
+
+MAX_STOP = MAX_STOP_SEQUENCES
+STRICT_FORBID = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+STRICT_IGNORE = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
 
 
 class RoutingEntry(BaseModel):
@@ -21,32 +32,37 @@ class RoutingEntry(BaseModel):
 class TgiParameters(BaseModel):
     """Generation parameters (TGI names; unknown keys are rejected)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_FORBID
 
     max_new_tokens: int | None = Field(
         default=None,
+        ge=1,
         description="Most tokens to generate (default: min(100, max_total_tokens - input).",
     )
     temperature: float | None = Field(
-        default=None, description="Softmax temperature; implies sampling."
+        default=None, ge=0, description="Softmax temperature; implies sampling."
     )
     top_k: int | None = Field(
-        default=None, description="Keep the k most likely tokens; implies sampling."
+        default=None, ge=0, description="Keep the k most likely tokens; implies sampling."
     )
     top_p: float | None = Field(
-        default=None, description="Nucleus mass in (0, 1]; implies sampling."
+        default=None, gt=0, le=1, description="Nucleus mass in (0, 1]; implies sampling."
     )
     typical_p: float | None = Field(
-        default=None, description="Typical mass in (0, 1]; implies sampling."
+        default=None, gt=0, le=1, description="Typical mass in (0, 1]; implies sampling."
     )
     repetition_penalty: float | None = Field(
-        default=None, description="CTRL penalty (> 0, 1 = off)."
+        default=None, gt=0, description="CTRL penalty (> 0, 1 = off)."
     )
     frequency_penalty: float | None = Field(
-        default=None, description="Frequency penalty in [-2, 2]."
+        default=None, ge=-2, le=2, description="Frequency penalty in [-2, 2]."
     )
-    seed: int | None = Field(default=None, description="Random seed of this request.")
-    stop: list[str] = Field(default_factory=list, description="Stop strings (at most 16).")
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**63, description="Random seed of this request."
+    )
+    stop: list[NonEmptyStr] = Field(
+        default_factory=list, max_length=MAX_STOP, description="Stop strings (at most 16)."
+    )
     do_sample: bool = Field(default=False, description="Sample; without it and warpers: greedy.")
     details: bool = Field(
         default=False, description="Return finish reason, token ids and logprobs."
@@ -58,13 +74,16 @@ class TgiParameters(BaseModel):
         default=False, description="Prepend the prompt to generated_text."
     )
     truncate: int | None = Field(
-        default=None, description="Keep only the last `truncate` prompt tokens."
+        default=None, ge=1, description="Keep only the last `truncate` prompt tokens."
     )
     watermark: bool = Field(default=False, description="Not supported (rejected when true).")
     top_n_tokens: int | None = Field(
-        default=None, description="Return this many most likely alternatives per token (0..20)."
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Return this many most likely alternatives per token (0..20).",
     )
-    best_of: int | None = Field(default=None, description="Only 1 is supported.")
+    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported.")
     adapter_id: str | None = Field(default=None, description="Adapters are not supported.")
     grammar: dict[str, Any] | None = Field(default=None, description="Grammars are not supported.")
     return_routing: bool = Field(
@@ -74,17 +93,19 @@ class TgiParameters(BaseModel):
         default=False, description="hagmoe: keep generating past end-of-sequence."
     )
     min_new_tokens: int | None = Field(
-        default=None, description="hagmoe: fewest tokens before EOS."
+        default=None, ge=0, description="hagmoe: fewest tokens before EOS."
     )
     timeout: float | None = Field(
-        default=None, description="hagmoe: seconds until the request is aborted (504)."
+        default=None, gt=0, description="hagmoe: seconds until the request is aborted (504)."
     )
 
 
 class TgiRequest(BaseModel):
-    """A TGI generation request."""
+    """A TGI generation request (unknown top-level keys are ignored)."""
 
-    inputs: str = Field(description="The prompt text.")
+    model_config = STRICT_IGNORE
+
+    inputs: NonEmptyStr = Field(description="The prompt text.")
     parameters: TgiParameters = Field(
         default_factory=TgiParameters, description="Generation parameters."
     )
@@ -153,7 +174,7 @@ class ErrorBody(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_FORBID
 
     inputs: str = Field(description="Text to tokenize.")
     add_special_tokens: bool = Field(
@@ -169,9 +190,9 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_FORBID
 
-    token_ids: list[int] = Field(description="Token ids, each in [0, vocab_size).")
+    token_ids: list[TokenId] = Field(description="Token ids, each in [0, vocab_size).")
     skip_special_tokens: bool = Field(
         default=True, description="Drop special tokens from the text."
     )

@@ -7,6 +7,7 @@ import json
 import grpc
 import pytest
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
 from hagmoe.errors import TokenizerError
@@ -73,6 +74,34 @@ def test_validation_errors_name_the_field() -> None:
     err = to_service_error(exc)
     assert isinstance(err, InvalidInput) and err.param == "parameters.top_k"
     assert "parameters.top_k: Input should be a valid integer" in err.message
+
+
+def test_parse_errors_and_refused_values_are_named() -> None:
+    bad_json = RequestValidationError(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", 1),
+                "msg": "JSON decode error",
+                "ctx": {"error": "Expecting value"},
+            }
+        ]
+    )
+    err = to_service_error(bad_json)
+    assert isinstance(err, InvalidInput) and err.param is None
+    assert err.message == "body: invalid JSON (Expecting value)"
+    typed = RequestValidationError(
+        [{"loc": ("body", "n"), "msg": "Input should be a valid integer", "input": "4"}]
+    )
+    assert to_service_error(typed).message == "n: Input should be a valid integer, got '4'"
+
+
+def test_starlette_http_errors_map_to_service_errors() -> None:
+    assert isinstance(to_service_error(HTTPException(400, "bad body")), InvalidInput)
+    assert to_service_error(HTTPException(404)).http_status == 404
+    wrong = to_service_error(HTTPException(405, headers={"Allow": "POST"}))
+    assert wrong.http_status == 405 and wrong.headers() == {"Allow": "POST"}
+    assert error_body(wrong, "tgi")["error_type"] == "method_not_allowed"
 
 
 def test_responses_carry_retry_after_and_request_id() -> None:
