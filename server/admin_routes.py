@@ -50,7 +50,7 @@ def admin_router(ctx: ServerContext) -> APIRouter:
     )
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         """Token ids and token strings of a text."""
-        ids = ctx.encode(body.inputs, body.add_special_tokens)
+        ids = await ctx.encode_prompt(body.inputs, "inputs", body.add_special_tokens, bounded=False)
         return {
             "token_ids": ids,
             "tokens": [ctx.view.piece(i) for i in ids],

@@ -97,8 +97,15 @@ class Admission:
             self._notify_if_idle()
 
     def _give_back(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.done() and not waiter.cancelled():
+        """Release the slot a waiter was handed (not one refused by fail_waiting)."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             self.release()
+
+    def fail_waiting(self, error: Exception) -> None:
+        """Refuse every queued request with `error` (the drain deadline has passed)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def release(self, duration: float | None = None) -> None:
         """Free a slot (handing it to the first waiter); `duration` feeds the retry hint."""

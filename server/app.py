@@ -51,6 +51,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
         lifecycle=ctx.lifecycle,
         metrics=ctx.metrics,
         max_body=ctx.limits.max_body_bytes,
+        body_timeout=ctx.limits.body_timeout,
     )
     return app
 

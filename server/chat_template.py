@@ -8,6 +8,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidInput
+from server.prompt_text import check_encodable
 from server.settings import SettingsError
 
 FALLBACK_TEMPLATE = (
@@ -39,6 +40,10 @@ class ChatTemplate:
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         if not messages:
             raise InvalidInput("messages: must hold at least one message", "messages")
+        for i, message in enumerate(messages):
+            for key in ("role", "content"):
+                if isinstance(message.get(key), str):
+                    check_encodable(message[key], f"messages[{i}].{key}")
         try:
             return self._template.render(
                 messages=messages, add_generation_prompt=add_generation_prompt, **self._specials

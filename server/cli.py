@@ -85,6 +85,8 @@ def _limit_flags(g: argparse._ArgumentGroup) -> None:
     )
     _flag(g, "--max-body-bytes", 2 * 1024 * 1024, "largest request body; beyond: 413", type=int)
     _flag(g, "--request-timeout", None, "ceiling on every request's deadline (s)", type=float)
+    _flag(g, "--header-timeout", 10.0, "s a connection gets to send a request head", type=float)
+    _flag(g, "--body-timeout", 30.0, "s a request gets to send its body; beyond: 408", type=float)
 
 
 def _engine_flags(g: argparse._ArgumentGroup) -> None:

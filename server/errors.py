@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 import grpc
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from google.protobuf.message import DecodeError
 from starlette.exceptions import HTTPException
 
 from hagmoe.engine.errors import EngineDeadError, InvalidRequestError
@@ -43,6 +44,19 @@ class InvalidInput(ServiceError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
     openai_type = "invalid_request_error"
     outcome = "invalid"
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its whole request body in time (408; the connection closes)."""
+
+    kind = "request_timeout"
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    openai_type = "timeout"
+    outcome = "timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
 
 
 class ModelNotFound(ServiceError):
@@ -151,6 +165,8 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return Unavailable(str(exc) or "the engine is not running")
     if isinstance(exc, TokenizerError):
         return InvalidInput(str(exc))
+    if isinstance(exc, DecodeError):
+        return InvalidInput(f"request: not a valid message of this method ({exc})", "request")
     if isinstance(exc, RequestValidationError):
         return _from_validation(exc)
     if isinstance(exc, HTTPException):

@@ -54,8 +54,11 @@ class Generation:
     text: str = ""
     finish: Finish | None = None
     stop_sequence: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # from the first output
 
     def add(self, out: RequestOutput) -> None:
+        if out.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = out.prompt_logprobs
         self.tokens += tokens_of(out)
         self.text += out.new_text
         self.num_prompt_tokens = out.num_prompt_tokens

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,6 +12,7 @@ from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 from server.auth import OPEN_GRPC_PREFIXES, KeyRing
 from server.errors import Unauthorized
+from server.grpc_handlers import decoding, refusing
 from server.grpc_service import GenerationServicer
 from server.metrics import Metrics
 from server.server_context import ServerContext
@@ -22,7 +22,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """`authorization: Bearer <key>` metadata on every method but the health service."""
+    """Every handler decodes its own requests (grpc_handlers.decoding); `authorization: Bearer
+    <key>` metadata is required on every method but the health service."""
 
     def __init__(self, keys: KeyRing, metrics: Metrics) -> None:
         self.keys = keys
@@ -33,35 +34,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or not self.keys.enabled or method.startswith(OPEN_GRPC_PREFIXES):
-            return handler
+        if handler is None:
+            return None
+        if not self.keys.enabled or method.startswith(OPEN_GRPC_PREFIXES):
+            return decoding(handler)
         metadata = dict(details.invocation_metadata or ())
         try:
             self.keys.check(metadata.get("authorization"))
         except Unauthorized as err:
             route = "grpc." + method.rsplit("/", 1)[-1]
             self.metrics.requests.labels(route=route, outcome=err.outcome).inc()
-            return _refuse(handler, err.message)
-        return handler
-
-
-def _refuse(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield None  # pragma: no cover (abort raises)
-
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming:
-        raise AssertionError("no client-streaming methods are served")
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, **codec)
-    return grpc.unary_unary_rpc_method_handler(unary, **codec)
+            return refusing(handler, err)
+        return decoding(handler)
 
 
 class GrpcFrontend:

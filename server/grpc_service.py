@@ -38,7 +38,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         try:
             self.ctx.lifecycle.check_accepting()
             yield rid
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # CancelledError: the cancel landed at an await; GeneratorExit: at a stream's yield
             remaining = context.time_remaining()
             outcome = "timeout" if remaining is not None and remaining <= 0 else "cancelled"
             raise
@@ -62,11 +63,14 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 },
             )
 
-    def _call(
+    async def _call(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rid: str
     ) -> GenerationCall:
         source = convert.prompt_source(request)
-        ids = self.ctx.encode(source) if isinstance(source, str) else source
+        if isinstance(source, str):
+            ids = await self.ctx.encode_prompt(source, "text")
+        else:
+            ids = source
         params = convert.sampling_params(request.parameters, len(ids), self.ctx.limits)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -77,7 +81,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         async with self._rpc(context, "grpc.Generate") as rid:
-            call = self._call(request, context, rid)
+            call = await self._call(request, context, rid)
             done = await self.ctx.service.complete(call)
             return convert.response(self.ctx.view, done)
         raise AssertionError("unreachable: _rpc aborts on error")
@@ -86,7 +90,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         async with self._rpc(context, "grpc.GenerateStream") as rid:
-            call = self._call(request, context, rid)
+            call = await self._call(request, context, rid)
             stream = await self.ctx.service.open(call)
             try:
                 async for out in stream:
@@ -98,7 +102,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
         async with self._rpc(context, "grpc.Tokenize"):
-            ids = self.ctx.encode(request.text, request.add_special_tokens)
+            ids = await self.ctx.encode_prompt(
+                request.text, "text", request.add_special_tokens, bounded=False
+            )
             return pb.TokenizeResponse(ids=ids, tokens=[self.ctx.view.piece(i) for i in ids])
         raise AssertionError("unreachable: _rpc aborts on error")
 

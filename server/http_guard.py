@@ -4,6 +4,7 @@ the handlers)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -14,7 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import request_context
 from server.auth import OPEN_HTTP_PATHS, KeyRing
-from server.errors import PayloadTooLarge, ServiceError, api_of_path, error_response
+from server.errors import (
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    api_of_path,
+    error_response,
+)
 from server.lifecycle import Lifecycle
 from server.metrics import Metrics
 
@@ -40,6 +47,7 @@ OUTCOME_OF_STATUS = {
     400: "invalid",
     401: "unauthorized",
     404: "not_found",
+    408: "timeout",
     413: "too_large",
     422: "invalid",
     429: "overloaded",
@@ -58,13 +66,20 @@ def outcome_of(status: int) -> str:
 
 class HttpGuard:
     def __init__(
-        self, app: ASGIApp, keys: KeyRing, lifecycle: Lifecycle, metrics: Metrics, max_body: int
+        self,
+        app: ASGIApp,
+        keys: KeyRing,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        max_body: int,
+        body_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,10 +116,19 @@ class HttpGuard:
         await self.app(scope, receive, send)
 
     async def _buffer_body(self, receive: Receive, headers: Headers) -> Receive:
-        """Read the whole body (413 past max_body) and replay it to the app."""
+        """Read the whole body (413 past max_body, 408 past body_timeout) and replay it."""
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
             raise _too_large(int(declared), self.max_body)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await self._read_body(receive)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within body_timeout={self.body_timeout}s"
+            ) from None
+
+    async def _read_body(self, receive: Receive) -> Receive:
         chunks: list[bytes] = []
         size = 0
         pending: list[Message] = []

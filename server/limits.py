@@ -17,6 +17,7 @@ class Limits:
     max_total_tokens: int
     max_body_bytes: int
     request_timeout: float | None = None
+    body_timeout: float | None = None  # seconds to receive a whole request body
 
     @classmethod
     def resolve(cls, settings: Settings, info: ModelInfo) -> Limits:
@@ -31,7 +32,13 @@ class Limits:
             raise SettingsError(
                 f"--max-input-tokens {max_input} must lie in [1, max_total_tokens={total})"
             )
-        return cls(max_input, total, settings.max_body_bytes, settings.request_timeout)
+        return cls(
+            max_input,
+            total,
+            settings.max_body_bytes,
+            settings.request_timeout,
+            settings.body_timeout,
+        )
 
     def check(self, num_input: int, max_new_tokens: int) -> None:
         """Raise InvalidInput with the numbers when the prompt or the total is too long."""
@@ -45,6 +52,17 @@ class Limits:
                 f"input tokens + max_new_tokens must be <= {self.max_total_tokens}; given "
                 f"{num_input} input tokens and {max_new_tokens} max_new_tokens",
                 "max_new_tokens",
+            )
+
+    def check_chars(self, num_chars: int, chars_per_token: int, field: str = "inputs") -> None:
+        """Raise InvalidInput when a text of num_chars characters cannot fit in max_input_tokens
+        tokens of at most chars_per_token characters each (0: no bound known)."""
+        most = self.max_input_tokens * chars_per_token
+        if chars_per_token and num_chars > most:
+            raise InvalidInput(
+                f"the prompt has {num_chars} characters, more than max_input_tokens="
+                f"{self.max_input_tokens} tokens can hold (at most {most} characters)",
+                field,
             )
 
     def room(self, num_input: int) -> int:

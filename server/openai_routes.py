@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from hagmoe.engine.outputs import RequestOutput
+from hagmoe.engine.request import TokenLogprob
 from server import request_context
 from server.errors import (
     InternalError,
@@ -29,7 +30,7 @@ from server.openai_schemas import (
     OpenAIError,
     SamplingFields,
 )
-from server.params import chat_sampling, completion_prompt, completion_sampling
+from server.params import chat_sampling, completion_prompt, completion_sampling, echo_logprobs
 from server.server_context import ServerContext
 from server.service import GenerationCall, GenerationStream
 from server.sse import EventStream, sse_event, until_disconnect
@@ -69,7 +70,7 @@ class OpenAIFrontend:
         self.ctx = ctx
 
     def _check_model(self, body: SamplingFields) -> None:
-        if body.model != self.ctx.info.model_id:
+        if body.model is not None and body.model != self.ctx.info.model_id:
             raise ModelNotFound(
                 f"the model `{body.model}` does not exist; this server serves "
                 f"`{self.ctx.info.model_id}`",
@@ -99,12 +100,12 @@ class OpenAIFrontend:
         }
 
     # ---- /v1/completions ----------------------------------------------------------------------
-    def completion_call(self, body: CompletionRequest) -> tuple[GenerationCall, str]:
+    async def completion_call(self, body: CompletionRequest) -> tuple[GenerationCall, str]:
         self._check_model(body)
         prompt = completion_prompt(body.prompt)
-        ids = self.ctx.encode(prompt) if isinstance(prompt, str) else prompt
+        ids = await self.ctx.encode_prompt(prompt, "prompt") if isinstance(prompt, str) else prompt
         text = prompt if isinstance(prompt, str) else self.ctx.decode(ids)
-        params = completion_sampling(body, len(ids), self.ctx.limits)
+        params = completion_sampling(body, len(ids), self.ctx.limits, self.ctx.encode)
         rid = request_context.current().request_id
         return GenerationCall(ids, params, rid, body.timeout), text
 
@@ -126,38 +127,70 @@ class OpenAIFrontend:
         return result
 
     def completion_choice(
-        self, body: CompletionRequest, tokens: list[GeneratedToken], text: str, offset: int
+        self,
+        body: CompletionRequest,
+        tokens: list[GeneratedToken],
+        text: str,
+        offset: int,
+        echoed: list[GeneratedToken] | None = None,
     ) -> dict[str, Any]:
+        """`echoed`: the prompt's tokens, whose logprobs lead (echo with logprobs)."""
         choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
         if body.logprobs is not None:
-            choice["logprobs"] = self.completion_logprobs(tokens, offset)
+            choice["logprobs"] = self.completion_logprobs((echoed or []) + tokens, offset)
         if body.return_routing:
             choice["routing"] = [routing_json(t.routing or []) for t in tokens]
         return choice
 
     async def completion(self, body: CompletionRequest, request: Request) -> Response:
-        call, prompt_text = self.completion_call(body)
+        call, prompt_text = await self.completion_call(body)
         if body.stream:
             stream = await until_disconnect(request, self.ctx.service.open(call))
-            chunks = self._completion_chunks(body, prompt_text, stream)
+            chunks = self._completion_chunks(body, call, prompt_text, stream)
             return EventStream(_sse(chunks, body), on_close=stream.close, headers={})
         done = await until_disconnect(request, self.ctx.service.complete(call))
         echo = prompt_text if body.echo else ""
-        choice = self.completion_choice(body, done.tokens, echo + done.text, len(echo))
+        echoed = self._echoed(body, call, done.prompt_logprobs)
+        offset = 0 if echoed else len(echo)
+        choice = self.completion_choice(body, done.tokens, echo + done.text, offset, echoed)
         choice["finish_reason"] = openai_finish(done.finish)
         usage = self._usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens)
         head = self._head("text_completion", "cmpl")
-        return JSONResponse({**head, "choices": [choice], "usage": usage})
+        result = {**head, "choices": [choice], "usage": usage}
+        return JSONResponse(self._with_prompt_logprobs(body, result, done.prompt_logprobs))
+
+    def _echoed(
+        self, body: CompletionRequest, call: GenerationCall, found: list[TokenLogprob | None] | None
+    ) -> list[GeneratedToken]:
+        if not echo_logprobs(body):
+            return []
+        return self.ctx.view.prompt_tokens(call.prompt_ids, found, body.logprobs or 0)
+
+    def _with_prompt_logprobs(
+        self, body: SamplingFields, result: dict[str, Any], found: list[TokenLogprob | None] | None
+    ) -> dict[str, Any]:
+        """vLLM's top-level prompt_logprobs, when the request asked for them."""
+        if body.prompt_logprobs is not None:
+            view = self.ctx.view
+            result["prompt_logprobs"] = view.vllm_prompt_logprobs(found, body.prompt_logprobs)
+        return result
 
     async def _completion_chunks(
-        self, body: CompletionRequest, prompt_text: str, stream: GenerationStream
+        self,
+        body: CompletionRequest,
+        call: GenerationCall,
+        prompt_text: str,
+        stream: GenerationStream,
     ) -> AsyncIterator[dict[str, Any]]:
+        """With echo, the first chunk is the prompt (and its logprobs, from the first output)."""
         head = self._head("text_completion", "cmpl")
-        offset = 0
-        if body.echo:
-            yield {**head, "choices": [self.completion_choice(body, [], prompt_text, 0)]}
-            offset = len(prompt_text)
+        offset, echo = 0, body.echo
         async for out in stream:
+            if echo:
+                echoed = self._echoed(body, call, out.prompt_logprobs)
+                choice = self.completion_choice(body, [], prompt_text, 0, echoed)
+                yield {**head, "choices": [choice]}
+                offset, echo = len(prompt_text), False
             tokens = tokens_of(out)
             choice = self.completion_choice(body, tokens, out.new_text, offset)
             offset += len(out.new_text)
@@ -168,12 +201,12 @@ class OpenAIFrontend:
                 yield self._usage_chunk(head, out)
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
-    def chat_call(self, body: ChatCompletionRequest) -> GenerationCall:
+    async def chat_call(self, body: ChatCompletionRequest) -> GenerationCall:
         self._check_model(body)
         messages = [_message_dict(m.role, m.content) for m in body.messages]
         prompt = self.ctx.chat.render(messages, body.add_generation_prompt)
-        ids = self.ctx.encode(prompt)
-        params = chat_sampling(body, len(ids), self.ctx.limits)
+        ids = await self.ctx.encode_prompt(prompt, "messages")
+        params = chat_sampling(body, len(ids), self.ctx.limits, self.ctx.encode)
         return GenerationCall(ids, params, request_context.current().request_id, body.timeout)
 
     def _chat_logprobs(self, body: ChatCompletionRequest, tokens: list[GeneratedToken]) -> Any:
@@ -182,7 +215,7 @@ class OpenAIFrontend:
         return {"content": [self.ctx.view.chat_logprob(t) for t in tokens if t.logprob]}
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        call = self.chat_call(body)
+        call = await self.chat_call(body)
         if body.stream:
             stream = await until_disconnect(request, self.ctx.service.open(call))
             chunks = self._chat_chunks(body, stream)
@@ -198,7 +231,8 @@ class OpenAIFrontend:
             choice["routing"] = [routing_json(t.routing or []) for t in done.tokens]
         usage = self._usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens)
         head = self._head("chat.completion", "chatcmpl")
-        return JSONResponse({**head, "choices": [choice], "usage": usage})
+        result = {**head, "choices": [choice], "usage": usage}
+        return JSONResponse(self._with_prompt_logprobs(body, result, done.prompt_logprobs))
 
     async def _chat_chunks(
         self, body: ChatCompletionRequest, stream: GenerationStream

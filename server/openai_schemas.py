@@ -30,12 +30,50 @@ class StreamOptions(BaseModel):
     )
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = STRICT_IGNORE
+
+    name: str = Field(default="response", description="The schema's name.")
+    json_schema: dict[str, Any] = Field(alias="schema", description="The JSON schema to match.")
+    description: str | None = Field(default=None, description="Ignored.")
+    strict: bool | None = Field(default=None, description="Ignored: the schema is always enforced.")
+
+
+class ResponseFormat(BaseModel):
+    model_config = STRICT_IGNORE
+
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="text (free), json_object (any JSON object) or json_schema."
+    )
+    json_schema: JsonSchemaFormat | None = Field(
+        default=None, description="With type json_schema: {name, schema, strict}."
+    )
+
+
+class StructuredOutputsFields(BaseModel):
+    """vLLM's `structured_outputs`: set exactly one."""
+
+    model_config = STRICT_IGNORE
+
+    json_: dict[str, Any] | str | None = Field(
+        default=None, alias="json", description="A JSON schema (object or text)."
+    )
+    regex: str | None = Field(default=None, description="A regular expression.")
+    choice: Annotated[list[str], Field(min_length=1)] | None = Field(
+        default=None, description="One of these strings."
+    )
+    grammar: str | None = Field(default=None, description="A Lark grammar.")
+    json_object: bool | None = Field(default=None, description="Any JSON object.")
+
+
 class SamplingFields(BaseModel):
     """Fields both OpenAI routes share."""
 
     model_config = STRICT_IGNORE
 
-    model: str = Field(description="The served model name (see GET /v1/models).")
+    model: str | None = Field(
+        default=None, description="The served model name (see GET /v1/models); default: it."
+    )
     temperature: float | None = Field(
         default=None, ge=0, description="Softmax temperature (default 1; 0 = greedy)."
     )
@@ -52,7 +90,10 @@ class SamplingFields(BaseModel):
         default=None, ge=0, lt=2**63, description="Random seed of this request."
     )
     logit_bias: dict[str, float] | None = Field(
-        default=None, description="Not supported when non-empty."
+        default=None, description="Token id (a string of digits) -> bias in [-100, 100]."
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object, or json_schema {name, schema, strict}."
     )
     user: str | None = Field(default=None, description="Ignored.")
     top_k: int | None = Field(
@@ -67,6 +108,35 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(
         default=False, description="hagmoe: keep generating past end-of-sequence."
     )
+    min_p: float | None = Field(
+        default=None, ge=0, le=1, description="vLLM: drop tokens below min_p x the top one's."
+    )
+    stop_token_ids: list[TokenId] | None = Field(
+        default=None, description="vLLM: token ids that end the generation."
+    )
+    allowed_token_ids: list[TokenId] | None = Field(
+        default=None, description="vLLM: generate only these token ids."
+    )
+    bad_words: list[NonEmptyStr] | None = Field(
+        default=None, description="vLLM: strings never generated (tokenized as given)."
+    )
+    prompt_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="vLLM: each prompt token's logprob and this many alternatives (0..20).",
+    )
+    structured_outputs: StructuredOutputsFields | None = Field(
+        default=None, description="vLLM: {json | regex | choice | grammar | json_object}."
+    )
+    guided_json: dict[str, Any] | str | None = Field(
+        default=None, description="vLLM (legacy): a JSON schema."
+    )
+    guided_regex: str | None = Field(default=None, description="vLLM (legacy): a regex.")
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = Field(
+        default=None, description="vLLM (legacy): one of these strings."
+    )
+    guided_grammar: str | None = Field(default=None, description="vLLM (legacy): a Lark grammar.")
     return_routing: bool = Field(
         default=False, description="hagmoe: each token's routing per layer."
     )
@@ -83,9 +153,11 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[PromptIds], Field(min_length=1)]
     ) = Field(description="Text or token ids (a list of prompts must hold exactly one).")
     max_tokens: int | None = Field(
-        default=16, ge=1, description="Most tokens to generate (default 16)."
+        default=16, ge=1, description="Most tokens to generate (default 16; 0 is refused)."
     )
-    echo: bool = Field(default=False, description="Prepend the prompt to the text.")
+    echo: bool = Field(
+        default=False, description="Prepend the prompt to the text (and its logprobs to logprobs)."
+    )
     logprobs: int | None = Field(
         default=None,
         ge=0,
@@ -126,7 +198,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = Field(
         default=None, description="Not supported when non-empty."
     )
-    response_format: dict[str, Any] | None = Field(default=None, description="Only {type: text}.")
     add_generation_prompt: bool = Field(
         default=True, description="hagmoe: end with the assistant's turn."
     )
@@ -143,9 +214,24 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(description="Prompt token breakdown.")
 
 
+class PromptLogprob(BaseModel):
+    logprob: float = Field(description="The token's log probability.")
+    rank: int | None = Field(default=None, description="1 = most likely; null when not in top.")
+    decoded_token: str = Field(description="The token's string.")
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+PROMPT_LOGPROBS_DOC = (
+    "vLLM (prompt_logprobs): per prompt token, null for the first, else token id (string) -> "
+    "{logprob, rank, decoded_token} for the prompt's token and its top alternatives."
+)
+
+
 class CompletionLogprobs(BaseModel):
-    tokens: list[str] = Field(description="Each generated token's string.")
-    token_logprobs: list[float | None] = Field(description="Each token's logprob.")
+    tokens: list[str] = Field(description="Each token's string (echo: the prompt's first).")
+    token_logprobs: list[float | None] = Field(
+        description="Each token's logprob (null for the prompt's first)."
+    )
     top_logprobs: list[dict[str, float]] | None = Field(description="Alternatives per token.")
     text_offset: list[int] = Field(description="Each token's offset in the text.")
 
@@ -170,6 +256,7 @@ class CompletionResponse(BaseModel):
     model: str = Field(description="The served model name.")
     choices: list[CompletionChoice] = Field(description="One choice.")
     usage: Usage | None = Field(default=None, description="Token counts.")
+    prompt_logprobs: PromptLogprobs | None = Field(default=None, description=PROMPT_LOGPROBS_DOC)
 
 
 class TopLogprob(BaseModel):
@@ -208,6 +295,7 @@ class ChatCompletionResponse(BaseModel):
     model: str = Field(description="The served model name.")
     choices: list[ChatChoice] = Field(description="One choice.")
     usage: Usage = Field(description="Token counts.")
+    prompt_logprobs: PromptLogprobs | None = Field(default=None, description=PROMPT_LOGPROBS_DOC)
 
 
 class ModelCard(BaseModel):

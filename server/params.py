@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.structured_output import StructuredOutputs
 from server.errors import InvalidInput
 from server.limits import Limits
-from server.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
-from server.tgi_schemas import TgiParameters
+from server.openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseFormat,
+    SamplingFields,
+    StructuredOutputsFields,
+)
+from server.tgi_schemas import TgiGrammar, TgiParameters
 
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
+Encode = Callable[[str], list[int]]  # text -> token ids, without special tokens
 
 
 def _reject(ok: bool, param: str, message: str) -> None:
@@ -23,15 +32,18 @@ def _sampling(**fields: Any) -> SamplingParams:
     return SamplingParams(**{name: v for name, v in fields.items() if v is not None})
 
 
-def tgi_sampling(p: TgiParameters, num_input: int, limits: Limits) -> SamplingParams:
+def tgi_sampling(
+    p: TgiParameters, num_input: int, limits: Limits, stream: bool = False
+) -> SamplingParams:
     """TGI semantics: greedy unless do_sample or a warper (temperature, top_k, top_p, typical_p)."""
     _reject(not p.watermark, "watermark", "watermarking is not supported")
     _reject(
-        not p.decoder_input_details, "decoder_input_details", "prompt logprobs are not supported"
+        not (stream and p.decoder_input_details),
+        "decoder_input_details",
+        "prompt logprobs are not supported when streaming",
     )
     _reject(p.best_of in (None, 1), "best_of", f"only 1 is supported, got {p.best_of}")
     _reject(p.adapter_id is None, "adapter_id", "adapters are not supported")
-    _reject(p.grammar is None, "grammar", "grammars are not supported")
     warpers = (
         (p.temperature is not None and p.temperature != 1.0)
         or bool(p.top_k)
@@ -55,8 +67,19 @@ def tgi_sampling(p: TgiParameters, num_input: int, limits: Limits) -> SamplingPa
         stop=list(p.stop),
         ignore_eos=p.ignore_eos,
         logprobs=p.top_n_tokens or 0,
+        prompt_logprobs=0 if p.decoder_input_details else None,
         return_routing=p.return_routing,
+        structured_outputs=_tgi_grammar(p.grammar),
     )
+
+
+def _tgi_grammar(grammar: TgiGrammar | None) -> StructuredOutputs | None:
+    if grammar is None:
+        return None
+    if grammar.type == "json":
+        return StructuredOutputs(json=grammar.value)
+    _reject(isinstance(grammar.value, str), "grammar", "a regex grammar's value must be a string")
+    return StructuredOutputs(regex=str(grammar.value))
 
 
 def truncate_prompt(ids: list[int], truncate: int | None) -> list[int]:
@@ -67,11 +90,81 @@ def truncate_prompt(ids: list[int], truncate: int | None) -> list[int]:
     return ids[-truncate:]
 
 
+def _response_format(fmt: ResponseFormat | None) -> StructuredOutputs | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return StructuredOutputs(json_object=True)
+    if fmt.json_schema is None:
+        raise InvalidInput(
+            "response_format: type json_schema needs json_schema: {name, schema}",
+            "response_format",
+        )
+    return StructuredOutputs(json=fmt.json_schema.json_schema)
+
+
+def _vllm_structured(so: StructuredOutputsFields | None) -> StructuredOutputs | None:
+    if so is None:
+        return None
+    return StructuredOutputs(
+        json=so.json_,
+        json_object=bool(so.json_object),
+        regex=so.regex,
+        choice=tuple(so.choice or ()),
+        grammar=so.grammar,
+    )
+
+
+def structured_outputs(req: SamplingFields) -> StructuredOutputs | None:
+    """The one structured-output constraint of an OpenAI request; 400 when several fields set one."""
+    specs = {
+        "response_format": _response_format(req.response_format),
+        "structured_outputs": _vllm_structured(req.structured_outputs),
+        "guided_json": StructuredOutputs(json=req.guided_json) if req.guided_json else None,
+        "guided_regex": StructuredOutputs(regex=req.guided_regex) if req.guided_regex else None,
+        "guided_choice": StructuredOutputs(choice=tuple(req.guided_choice))
+        if req.guided_choice
+        else None,
+        "guided_grammar": StructuredOutputs(grammar=req.guided_grammar)
+        if req.guided_grammar
+        else None,
+    }
+    named = {name: spec for name, spec in specs.items() if spec is not None}
+    if len(named) > 1:
+        names = ", ".join(named)
+        raise InvalidInput(f"{names}: set at most one structured-output field", next(iter(named)))
+    return next(iter(named.values()), None)
+
+
+def logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's string token ids -> ints; a key that is not an integer is refused by name."""
+    bad = [k for k in bias or {} if not k.strip().lstrip("-").isdigit()]
+    _reject(not bad, "logit_bias", f"keys must be token ids (integers), got {bad[:3]}")
+    return {int(k): v for k, v in (bias or {}).items()}
+
+
+def _bad_words(words: list[str] | None, encode: Encode | None) -> list[list[int]] | None:
+    if not words:
+        return None
+    _reject(encode is not None, "bad_words", "needs the served model's tokenizer")
+    assert encode is not None
+    return [encode(word) for word in words]
+
+
 def _common(
-    req: SamplingFields, max_new: int, min_new: int, logprobs: int | None
+    req: SamplingFields,
+    max_new: int,
+    min_new: int,
+    logprobs: int | None,
+    encode: Encode | None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     _reject(req.n == 1, "n", f"only n=1 is supported, got {req.n}")
-    _reject(not req.logit_bias, "logit_bias", "logit_bias is not supported")
+    _reject(
+        not (req.stream and req.prompt_logprobs is not None),
+        "prompt_logprobs",
+        "not supported when streaming (as in vLLM)",
+    )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return _sampling(
         max_new_tokens=max_new,
@@ -86,21 +179,38 @@ def _common(
         stop=stop,
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
         return_routing=req.return_routing,
+        min_p=req.min_p,
+        stop_token_ids=req.stop_token_ids,
+        logit_bias=logit_bias(req.logit_bias),
+        allowed_token_ids=req.allowed_token_ids,
+        bad_words_token_ids=_bad_words(req.bad_words, encode),
+        structured_outputs=structured_outputs(req),
     )
 
 
-def completion_sampling(req: CompletionRequest, num_input: int, limits: Limits) -> SamplingParams:
+def echo_logprobs(req: CompletionRequest) -> bool:
+    """Completions' echo with logprobs: the prompt's tokens and logprobs lead choices[0]."""
+    return req.echo and req.logprobs is not None
+
+
+def completion_sampling(
+    req: CompletionRequest, num_input: int, limits: Limits, encode: Encode | None = None
+) -> SamplingParams:
     _reject(req.best_of in (None, 1), "best_of", f"only 1 is supported, got {req.best_of}")
     _reject(req.suffix is None, "suffix", "suffix is not supported")
     max_new = req.max_tokens if req.max_tokens is not None else limits.room(num_input)
-    return _common(req, max_new, req.min_tokens or 0, req.logprobs)
+    prompt_n = None
+    if echo_logprobs(req):
+        prompt_n = max(req.logprobs or 0, req.prompt_logprobs or 0)
+    return _common(req, max_new, req.min_tokens or 0, req.logprobs, encode, prompt_n)
 
 
-def chat_sampling(req: ChatCompletionRequest, num_input: int, limits: Limits) -> SamplingParams:
+def chat_sampling(
+    req: ChatCompletionRequest, num_input: int, limits: Limits, encode: Encode | None = None
+) -> SamplingParams:
     _reject(not req.tools, "tools", "tool calls are not supported")
-    kind = (req.response_format or {}).get("type", "text")
-    _reject(kind == "text", "response_format", f"only type 'text' is supported, got {kind!r}")
     _reject(
         req.top_logprobs is None or req.logprobs,
         "top_logprobs",
@@ -108,7 +218,7 @@ def chat_sampling(req: ChatCompletionRequest, num_input: int, limits: Limits) ->
     )
     max_new = req.max_completion_tokens or req.max_tokens or limits.room(num_input)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _common(req, max_new, req.min_tokens or 0, logprobs)
+    return _common(req, max_new, req.min_tokens or 0, logprobs, encode)
 
 
 def completion_prompt(prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:

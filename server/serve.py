@@ -22,16 +22,19 @@ from server.auth import KeyRing
 from server.chat_template import ChatTemplate
 from server.engine_factory import build_engine
 from server.grpc_server import GrpcFrontend
+from server.http_timeouts import http_protocol
 from server.lifecycle import Lifecycle
 from server.limits import Limits
 from server.logs import configure_logging
 from server.metrics import Metrics
+from server.prompt_text import chars_per_token
 from server.server_context import ServerContext
 from server.service import GenerationService
 from server.settings import Settings, SettingsError
 from server.token_view import TokenView
 
 logger = logging.getLogger("hagmoe.server")
+CUT_GRACE = 2.0  # seconds requests cut at the drain deadline get to send their error
 
 
 class _Uvicorn(uvicorn.Server):
@@ -72,6 +75,7 @@ def build_context(settings: Settings) -> tuple[ServerContext, AsyncEngine]:
         view=TokenView(tokenizer),
         chat=ChatTemplate(tokenizer.chat_template if tokenizer else None, **specials),
         created=int(time.time()),
+        chars_per_token=chars_per_token(tokenizer),
     )
     return ctx, engine
 
@@ -111,6 +115,8 @@ def _log_startup(ctx: ServerContext) -> None:
             "max_total_tokens": limits.max_total_tokens,
             "max_body_bytes": limits.max_body_bytes,
             "drain_timeout": s.drain_timeout,
+            "header_timeout": s.header_timeout,
+            "body_timeout": s.body_timeout,
             "num_blocks": info.num_blocks,
             "block_size": info.block_size,
             "max_num_seqs": info.max_num_seqs,
@@ -126,7 +132,13 @@ async def _run(ctx: ServerContext, engine: AsyncEngine) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (force if stop.is_set() else stop).set())
     config = uvicorn.Config(
-        build_app(ctx), host=s.host, port=s.port, log_config=None, access_log=False, lifespan="off"
+        build_app(ctx),
+        host=s.host,
+        port=s.port,
+        http=http_protocol(s.header_timeout),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
     )
     http = _Uvicorn(config)
     grpc_frontend = GrpcFrontend(ctx) if s.grpc_port else None
@@ -184,6 +196,18 @@ async def _first(*awaitables: Awaitable[Any]) -> None:
             task.cancel()
 
 
+async def _cut(ctx: ServerContext, force: asyncio.Event) -> bool:
+    """End the requests still running with an error (an error event, UNAVAILABLE) and give
+    them CUT_GRACE s to report it; True when they all did."""
+    ctx.service.cut()
+    ended = asyncio.ensure_future(ctx.lifecycle.admission.wait_idle(CUT_GRACE))
+    await _first(ended, force.wait())
+    if not ended.done():
+        ended.cancel()
+        return False
+    return ended.result()
+
+
 async def _shutdown(
     ctx: ServerContext,
     http: _Uvicorn,
@@ -207,6 +231,7 @@ async def _shutdown(
     if not drained:
         drain.cancel()
         logger.warning("drain timed out", extra={"in_flight": gate.running, "queued": gate.waiting})
+        drained = await _cut(ctx, force)
     http.should_exit = True
     http.force_exit = not drained
     if grpc_frontend is not None:

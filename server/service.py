@@ -40,6 +40,7 @@ class GenerationStream:
         self.request = request
         self.start = start
         self._closed = False
+        service.streams.add(self)
 
     async def __aiter__(self) -> AsyncIterator[RequestOutput]:
         svc = self.service
@@ -67,6 +68,11 @@ class GenerationStream:
             raise DeadlineExceeded(
                 f"deadline expired after {waited:.2f}s with {out.num_output_tokens} tokens generated"
             )
+        if self.service.cutting:
+            raise Unavailable(
+                "the server is shutting down and its drain timeout expired: "
+                f"stopped after {out.num_output_tokens} tokens"
+            )
         raise Unavailable("the engine aborted the request (shutting down)")
 
     def _observe(self, out: RequestOutput, now: float, last: float | None) -> None:
@@ -89,6 +95,7 @@ class GenerationStream:
         if self._closed:
             return
         self._closed = True
+        self.service.streams.discard(self)
         self.service.admission.release(time.monotonic() - self.start)
 
 
@@ -104,6 +111,19 @@ class GenerationService:
         self.limits = limits
         self.admission = admission
         self.metrics = metrics
+        self.streams: set[GenerationStream] = set()  # admitted and not yet closed
+        self.cutting = False
+
+    def cut(self) -> int:
+        """The drain deadline has passed: abort every admitted request (each ends with
+        Unavailable, which its frontend reports) and refuse the queued ones; how many ran."""
+        self.cutting = True
+        self.admission.fail_waiting(
+            Unavailable("the server is shutting down and its drain timeout expired")
+        )
+        for stream in list(self.streams):
+            self.engine.abort(stream.request.request_id)
+        return len(self.streams)
 
     def make_request(self, call: GenerationCall, deadline: float | None) -> Request:
         """The request's error now, before it queues: server limits, then the engine's one

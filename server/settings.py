@@ -29,6 +29,8 @@ class Settings:
     max_body_bytes: int = 2 * 1024 * 1024
     request_timeout: float | None = None  # a ceiling on every request's deadline
     drain_timeout: float = 30.0
+    header_timeout: float = 10.0  # a connection's request head must arrive within this (s)
+    body_timeout: float = 30.0  # a request's body must arrive within this (s)
     block_size: int = 16
     num_blocks: int | None = None
     kv_cache_bytes: int | None = None
@@ -63,6 +65,9 @@ class Settings:
         for name in ("max_concurrent_requests", "max_num_seqs", "block_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"--{name.replace('_', '-')} must be > 0 seconds")
         if self.max_queue < 0:
             raise SettingsError("--max-queue must be >= 0")
         for port_name in ("port", "grpc_port"):
@@ -87,6 +92,8 @@ class Settings:
             max_body_bytes=args.max_body_bytes,
             request_timeout=args.request_timeout or None,
             drain_timeout=args.drain_timeout,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
             block_size=args.block_size,
             num_blocks=args.num_blocks,
             kv_cache_bytes=args.kv_cache_bytes,

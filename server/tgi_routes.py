@@ -44,18 +44,19 @@ class TgiFrontend:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
-    def _call(self, body: TgiRequest) -> GenerationCall:
+    async def _call(self, body: TgiRequest, stream: bool = False) -> GenerationCall:
         p = body.parameters
-        ids = truncate_prompt(self.ctx.encode(body.inputs), p.truncate)
-        params = tgi_sampling(p, len(ids), self.ctx.limits)
+        prompt = await self.ctx.encode_prompt(body.inputs, "inputs", bounded=p.truncate is None)
+        ids = truncate_prompt(prompt, p.truncate)
+        params = tgi_sampling(p, len(ids), self.ctx.limits, stream)
         return GenerationCall(ids, params, request_context.current().request_id, p.timeout)
 
     async def unary(self, body: TgiRequest, request: Request) -> dict[str, Any]:
-        call = self._call(body)
+        call = await self._call(body)
         done = await until_disconnect(request, self.ctx.service.complete(call))
-        return self._result(body, done, call.params.seed)
+        return self._result(body, done, call)
 
-    def _result(self, body: TgiRequest, done: Generation, seed: int | None) -> dict[str, Any]:
+    def _result(self, body: TgiRequest, done: Generation, call: GenerationCall) -> dict[str, Any]:
         p = body.parameters
         text = body.inputs + done.text if p.return_full_text else done.text
         result: dict[str, Any] = {"generated_text": text}
@@ -64,8 +65,10 @@ class TgiFrontend:
             result["details"] = {
                 "finish_reason": done.finish,
                 "generated_tokens": len(done.tokens),
-                "seed": seed,
-                "prefill": [],
+                "seed": call.params.seed,
+                "prefill": view.tgi_prefill(call.prompt_ids, done.prompt_logprobs)
+                if p.decoder_input_details
+                else [],
                 "tokens": [view.tgi_token(t) for t in done.tokens],
                 "top_tokens": [view.tgi_top_tokens(t) for t in done.tokens]
                 if p.top_n_tokens
@@ -76,7 +79,7 @@ class TgiFrontend:
         return result
 
     async def stream(self, body: TgiRequest, request: Request) -> EventStream:
-        call = self._call(body)
+        call = await self._call(body, stream=True)
         stream = await until_disconnect(request, self.ctx.service.open(call))
         events = self._events(body, stream)
         return EventStream(events, on_close=stream.close, headers={})

@@ -29,6 +29,15 @@ class RoutingEntry(BaseModel):
     entropy: float = Field(description="Normalised entropy of the group routing, in [0, 1].")
 
 
+class TgiGrammar(BaseModel):
+    """TGI's grammar: a JSON schema or a regex the output must match."""
+
+    model_config = STRICT_FORBID
+
+    type: Literal["json", "regex"] = Field(description="json (a schema) or regex.")
+    value: dict[str, Any] | str = Field(description="The JSON schema (object or text) or regex.")
+
+
 class TgiParameters(BaseModel):
     """Generation parameters (TGI names; unknown keys are rejected)."""
 
@@ -68,7 +77,7 @@ class TgiParameters(BaseModel):
         default=False, description="Return finish reason, token ids and logprobs."
     )
     decoder_input_details: bool = Field(
-        default=False, description="Prompt logprobs: not supported (rejected when true)."
+        default=False, description="Prompt logprobs in details.prefill (not when streaming)."
     )
     return_full_text: bool = Field(
         default=False, description="Prepend the prompt to generated_text."
@@ -85,7 +94,9 @@ class TgiParameters(BaseModel):
     )
     best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported.")
     adapter_id: str | None = Field(default=None, description="Adapters are not supported.")
-    grammar: dict[str, Any] | None = Field(default=None, description="Grammars are not supported.")
+    grammar: TgiGrammar | None = Field(
+        default=None, description="Constrain the output to a JSON schema or a regex."
+    )
     return_routing: bool = Field(
         default=False, description="hagmoe: each token's routing per layer (implies details)."
     )
@@ -124,13 +135,23 @@ class TgiToken(BaseModel):
     )
 
 
+class TgiPrefillToken(BaseModel):
+    """One prompt token (decoder_input_details)."""
+
+    id: int = Field(description="Token id.")
+    text: str = Field(description="The token's string.")
+    logprob: float | None = Field(description="Its log probability (null for the first).")
+
+
 class TgiDetails(BaseModel):
     finish_reason: Literal["length", "eos_token", "stop_sequence"] = Field(
         description="Why the generation ended."
     )
     generated_tokens: int = Field(description="Tokens generated.")
     seed: int | None = Field(description="The request's seed, if any.")
-    prefill: list[TgiToken] = Field(description="Always empty (no prompt logprobs).")
+    prefill: list[TgiPrefillToken] = Field(
+        description="The prompt's tokens with decoder_input_details, else empty."
+    )
     tokens: list[TgiToken] = Field(description="Every generated token.")
     top_tokens: list[list[TgiToken]] | None = Field(
         default=None, description="Alternatives per token (top_n_tokens)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hagmoe.engine.outputs import LayerDecision
+from hagmoe.engine.request import TokenLogprob
 from hagmoe.model.tokenizer import Tokenizer
 from server.generation import GeneratedToken
 
@@ -53,6 +54,51 @@ class TokenView:
         entry = self.openai_entry(token.id, token.logprob.logprob)
         entry["top_logprobs"] = [self.openai_entry(i, lp) for i, lp in token.logprob.top.items()]
         return entry
+
+    def tgi_prefill(
+        self, prompt_ids: list[int], entries: list[TokenLogprob | None] | None
+    ) -> list[dict[str, Any]]:
+        """TGI's details.prefill: each prompt token's id, string and logprob (null first)."""
+        logprobs = [e.logprob if e is not None else None for e in entries or []]
+        logprobs += [None] * (len(prompt_ids) - len(logprobs))
+        return [
+            {"id": t, "text": self.piece(t), "logprob": lp}
+            for t, lp in zip(prompt_ids, logprobs, strict=False)
+        ]
+
+    def prompt_tokens(
+        self, prompt_ids: list[int], entries: list[TokenLogprob | None] | None, top: int
+    ) -> list[GeneratedToken]:
+        """The prompt as generated tokens (echo with logprobs), keeping `top` alternatives."""
+        found = list(entries or []) + [None] * len(prompt_ids)
+        return [
+            GeneratedToken(t, self.piece(t), _keep_top(found[i], top), None)
+            for i, t in enumerate(prompt_ids)
+        ]
+
+    def vllm_prompt_logprobs(
+        self, entries: list[TokenLogprob | None] | None, top: int
+    ) -> list[dict[str, Any] | None]:
+        """vLLM's prompt_logprobs: null for the first token, else token id (a string) ->
+        {logprob, rank (1 = most likely; null outside the top), decoded_token}."""
+        kept = [_keep_top(e, top) for e in entries or []]
+        return [None if e is None else self._vllm_entry(e) for e in kept]
+
+    def _vllm_entry(self, entry: TokenLogprob) -> dict[str, Any]:
+        ranked = sorted(entry.top.items(), key=lambda item: -item[1])
+        rank = {token: r for r, (token, _) in enumerate(ranked, start=1)}
+        chosen = [(entry.token_id, entry.logprob)]
+        return {
+            str(token): {"logprob": lp, "rank": rank.get(token), "decoded_token": self.piece(token)}
+            for token, lp in chosen + [kv for kv in ranked if kv[0] != entry.token_id]
+        }
+
+
+def _keep_top(entry: TokenLogprob | None, top: int) -> TokenLogprob | None:
+    if entry is None:
+        return None
+    kept = dict(sorted(entry.top.items(), key=lambda item: -item[1])[:top])
+    return TokenLogprob(entry.token_id, entry.logprob, kept)
 
 
 def routing_json(decisions: list[LayerDecision]) -> list[dict[str, Any]]:

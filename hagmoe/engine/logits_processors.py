@@ -1,7 +1,8 @@
 """Per-request logit constraints applied before sampling and logprobs: OpenAI's `logit_bias`,
-vLLM's `allowed_token_ids` and `bad_words` (as token-id sequences).
+vLLM's `allowed_token_ids` and `bad_words` (as token-id sequences), and the token bitmask of a
+request's grammar (structured_output.py).
 
-Legend: B rows in the batch, V vocabulary, P (row, token) pairs.
+Legend: B rows in the batch, V vocabulary, R constrained rows, W = ceil(V / 32) mask words.
 """
 
 from __future__ import annotations
@@ -69,3 +70,24 @@ def _banned_bad_words(request: Request) -> list[int]:
         if not prefix or seq[len(seq) - len(prefix) :] == prefix:
             banned.append(word[-1])
     return banned
+
+
+def has_grammar(request: Request) -> bool:
+    return request.grammar is not None
+
+
+def apply_grammars(x: Tensor, requests: Sequence[Request]) -> Tensor:
+    """Send every token the row's matcher refuses to -inf; x [B, V] (a copy is returned)."""
+    import llguidance.torch as llg_torch
+
+    rows = [i for i, r in enumerate(requests) if r.grammar is not None]
+    if not rows:
+        return x
+    vocab = x.shape[-1]
+    bitmask = llg_torch.allocate_token_bitmask(len(rows), vocab)  # [R, W]
+    for j, i in enumerate(rows):
+        llg_torch.fill_next_token_bitmask(requests[i].grammar, bitmask, j)
+    index = torch.tensor(rows, device=x.device)
+    constrained = x.index_select(0, index).float().cpu()  # [R, V]
+    llg_torch.apply_token_bitmask_inplace(constrained, bitmask)
+    return x.index_copy(0, index, constrained.to(x.device, x.dtype))

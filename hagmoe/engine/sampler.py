@@ -13,9 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hagmoe.engine.logits_processors import apply_constraints, has_constraints
+from hagmoe.engine.logits_processors import (
+    apply_constraints,
+    apply_grammars,
+    has_constraints,
+    has_grammar,
+)
 from hagmoe.engine.request import Request, TokenLogprob
-from hagmoe.engine.structured_output import apply_grammars, has_grammar
 
 _NEG_INF = float("-inf")
 
@@ -65,7 +69,7 @@ class Sampler:
         if any(has_constraints(r) for r in requests):
             x = apply_constraints(x, requests)
         if any(has_grammar(r) for r in requests):
-            x = apply_grammars(x, list(requests))
+            x = apply_grammars(x, requests)
         chosen = x.argmax(dim=-1)  # [B]
         rows = [i for i, r in enumerate(requests) if not r.sampling_params.greedy]
         if rows:

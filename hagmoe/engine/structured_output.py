@@ -1,12 +1,11 @@
 """Structured outputs (vLLM's `structured_outputs`, OpenAI's `response_format`, TGI's
 `grammar`) through llguidance: a grammar compiled once per spec, on the caller's thread; one
-matcher per request that the accepted tokens advance; a per-row token bitmask in the sampler.
+matcher per request that the accepted tokens advance (the bitmask is applied in
+logits_processors.py).
 
 llguidance, over xgrammar: it builds its tokenizer straight from our `tokenizers` JSON (no
 transformers, no download), needs no torch build of its own, and computes a mask in tens of
 microseconds with no per-schema precompute over the vocabulary (docs/architecture.md).
-
-Legend: R constrained rows, V vocabulary, W = ceil(V / 32) mask words.
 """
 
 from __future__ import annotations
@@ -16,16 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
 from hagmoe.engine.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     import llguidance
     from llguidance._lib import JsonCompileOptions
 
-    from hagmoe.engine.request import Request
     from hagmoe.model.tokenizer import Tokenizer
 
 KINDS = ("json", "json_object", "regex", "choice", "grammar")
@@ -135,24 +130,3 @@ def _validate(grammar: str, tokenizer: llguidance.LLTokenizer) -> str:
 
 def _regex_escape(text: str) -> str:
     return "".join("\\" + c if c in r".^$*+?()[]{}|\/" else c for c in text)
-
-
-def has_grammar(request: Request) -> bool:
-    return request.grammar is not None
-
-
-def apply_grammars(x: Tensor, requests: list[Request]) -> Tensor:
-    """Send every token the row's matcher refuses to -inf; x [B, V] (a copy is returned)."""
-    import llguidance.torch as llg_torch
-
-    rows = [i for i, r in enumerate(requests) if r.grammar is not None]
-    if not rows:
-        return x
-    vocab = x.shape[-1]
-    bitmask = llg_torch.allocate_token_bitmask(len(rows), vocab)  # [R, W]
-    for j, i in enumerate(rows):
-        llg_torch.fill_next_token_bitmask(requests[i].grammar, bitmask, j)
-    index = torch.tensor(rows, device=x.device)
-    constrained = x.index_select(0, index).float().cpu()  # [R, V]
-    llg_torch.apply_token_bitmask_inplace(constrained, bitmask)
-    return x.index_copy(0, index, constrained.to(x.device, x.dtype))

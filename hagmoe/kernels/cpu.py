@@ -4,7 +4,8 @@ The library is built with the system C compiler (`$CC`, else `cc`) on first use 
 `$HAGMOE_KERNEL_CACHE` (default `$XDG_CACHE_HOME/hagmoe/kernels`, else `~/.cache/hagmoe/kernels`),
 keyed by the source, the flags and the CPU's feature flags. Where no compiler works, `enabled_for`
 is False and callers keep their torch path; HAGMOE_CPU_KERNELS=0 turns the kernels off. They run
-only without autograd (serving).
+only without autograd (serving). A build writes a temporary library and renames it into place;
+one left by a build that died is removed at the next load, once older than BUILD_TIMEOUT.
 
 Legend: m rows, k inner size, n output columns, P (token, expert) pairs, T tokens, E experts,
 d hidden size, F expert FFN size, B sequences, Q query rows per sequence, H query heads, hd head
@@ -20,6 +21,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,9 @@ P = TypeVar("P")
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 LANES = 16  # vector width; the attention head dim and the expert F must be multiples of it
 PANEL = 32  # output columns per packed panel; the MoE kernel's d must be a multiple of it
+BUILD_TIMEOUT = 120.0  # seconds a compile may take
+TMP_PREFIX = "cpu_kernels-building-"  # a build's temporary library, renamed into place when done
+TMP_PATTERNS = (f"{TMP_PREFIX}*.so", "tmp*.so")  # the second: older versions' builds
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -60,16 +65,32 @@ def _cpu_features() -> str:
         return ""
 
 
+def remove_stale_builds(folder: Path, older_than: float = BUILD_TIMEOUT) -> list[Path]:
+    """Delete the temporary libraries of builds that died (a SIGKILL mid-build leaves one):
+    those older than `older_than` s, which no live build can still be writing; the removed."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than
+    found = [p for pattern in TMP_PATTERNS for p in folder.glob(pattern)] if folder.is_dir() else []
+    for path in found:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # another process removed or replaced it first
+            continue
+    return removed
+
+
 def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         subprocess.run(
             [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
             check=True,
             capture_output=True,
-            timeout=120,
+            timeout=BUILD_TIMEOUT,
         )
         os.replace(tmp, target)  # atomic: concurrent builders each install a whole library
     finally:
@@ -86,6 +107,7 @@ def library() -> ctypes.CDLL | None:
     key = " ".join([compiler, *FLAGS, _cpu_features()]).encode()
     digest = hashlib.sha256(SOURCE.read_bytes() + key).hexdigest()[:16]
     path = cache_dir() / f"cpu_kernels-{digest}.so"
+    remove_stale_builds(path.parent)
     try:
         if not path.exists():
             _build(compiler, path)

@@ -170,6 +170,14 @@ class Tokenizer:
     def is_byte_level(self) -> bool:
         return self._hf is None
 
+    def longest_piece_chars(self) -> int:
+        """Characters in the longest vocabulary piece, added tokens included (1 byte-level:
+        every token is one byte, and every character is at least one byte)."""
+        if self._hf is None:
+            return 1
+        vocab = self._hf.get_vocab(with_added_tokens=True)
+        return max((len(piece) for piece in vocab), default=1)
+
     def save(self, folder: str | Path) -> None:
         """Write tokenizer.json (HF flavour; nothing for byte-level) and, when a chat template
         is set, its "chat_template" into tokenizer_config.json (other keys there are kept)."""

@@ -31,8 +31,10 @@ def launched(
             logs / "strict.log",
             *("--api-key", KEYS[0], "--api-key-file", str(key_file)),
             *("--max-concurrent-requests", "1", "--max-queue", "0", "--max-body-bytes", "2048"),
+            *("--header-timeout", "1", "--body-timeout", "1"),
         ),
         "drain": launch_server(model_dir, logs / "drain.log", "--drain-timeout", "20"),
+        "cut": launch_server(model_dir, logs / "cut.log", "--drain-timeout", "0.1"),
     }
     try:
         yield servers
@@ -63,3 +65,10 @@ def draining(launched: dict[str, ServeProcess]) -> ServeProcess:
     """A server for the one test that sends it SIGTERM."""
     launched["drain"].wait_ready()
     return launched["drain"]
+
+
+@pytest.fixture(scope="session")
+def cut(launched: dict[str, ServeProcess]) -> ServeProcess:
+    """A server whose 0.1 s drain timeout expires, for the one test that sends it SIGTERM."""
+    launched["cut"].wait_ready()
+    return launched["cut"]

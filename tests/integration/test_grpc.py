@@ -98,6 +98,9 @@ def test_cancelled_stream_frees_the_cache(
     stub: pb_grpc.GenerationStub, server: ServeProcess
 ) -> None:
     generated = server.metric("hagmoe_generation_tokens_total")
+    label = 'outcome="cancelled",route="grpc.GenerateStream"'
+    cancelled = server.metric("hagmoe_requests_total", label)
+    successes = server.metric("hagmoe_requests_total", label.replace("cancelled", "success"))
     call = stub.GenerateStream(request(max_new_tokens=480), timeout=30)
     first = next(call)
     assert first.tokens
@@ -106,6 +109,9 @@ def test_cancelled_stream_frees_the_cache(
     assert server.wait_metric("hagmoe_kv_cache_usage_ratio", 0.0) == 0.0
     assert server.wait_metric("hagmoe_num_requests_running", 0.0) == 0.0
     assert server.metric("hagmoe_generation_tokens_total") - generated < 480
+    assert server.wait_metric("hagmoe_requests_total", cancelled + 1, label) == cancelled + 1
+    success_label = label.replace("cancelled", "success")
+    assert server.metric("hagmoe_requests_total", success_label) == successes
 
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -44,6 +46,47 @@ def test_completion_echo_and_token_prompt(client: openai.OpenAI) -> None:
         model=MODEL, prompt=[72, 105], max_tokens=3, temperature=0, extra_body=EXTRA
     )
     assert "Hi" + by_ids.choices[0].text == echoed.choices[0].text
+
+
+def test_completion_echo_with_logprobs_leads_with_the_prompt(client: openai.OpenAI) -> None:
+    kw: Any = {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0}
+    out = client.completions.create(echo=True, logprobs=1, extra_body=EXTRA, **kw)
+    choice = out.choices[0]
+    lp = choice.logprobs
+    assert choice.text.startswith("Hello") and lp is not None
+    assert lp.tokens is not None and lp.tokens[:5] == list("Hello") and len(lp.tokens) == 8
+    assert lp.token_logprobs is not None and lp.token_logprobs[0] is None
+    assert all(x is not None for x in lp.token_logprobs[1:])
+    assert lp.text_offset == [0, 1, 2, 3, 4, *lp.text_offset[5:]] and lp.text_offset[5] == 5
+    scored = client.completions.create(extra_body={**EXTRA, "prompt_logprobs": 1}, **kw)
+    prompt_lps = (scored.model_extra or {})["prompt_logprobs"]
+    pairs = zip(lp.tokens[1:5], lp.token_logprobs[1:5], prompt_lps[1:], strict=True)
+    for token, logprob, entry in pairs:
+        assert abs(entry[str(ord(token))]["logprob"] - (logprob or 0.0)) < 1e-4
+    chunks = list(client.completions.create(echo=True, logprobs=1, stream=True, **kw))
+    first = chunks[0].choices[0]
+    assert first.text == "Hello" and first.logprobs is not None
+    assert (first.logprobs.token_logprobs or [])[0] is None
+
+
+def test_completion_token_controls(client: openai.OpenAI) -> None:
+    kw: Any = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    allowed = client.completions.create(
+        extra_body={**EXTRA, "allowed_token_ids": [120]}, logprobs=0, **kw
+    )
+    assert allowed.choices[0].text == "xxxx"
+    biased = client.completions.create(logit_bias={"121": 100}, extra_body=EXTRA, **kw)
+    assert biased.choices[0].text == "yyyy"
+    banned = client.completions.create(
+        logit_bias={"121": 100}, extra_body={**EXTRA, "bad_words": ["y"]}, **kw
+    )
+    assert "y" not in banned.choices[0].text
+    stopped = client.completions.create(
+        logit_bias={"121": 100}, extra_body={"stop_token_ids": [121], "min_p": 0.5}, **kw
+    )
+    assert stopped.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.completions.create(logit_bias={"y": 1}, **kw)  # type: ignore[dict-item]
 
 
 def test_completion_stream_matches_unary(client: openai.OpenAI) -> None:
@@ -157,7 +200,13 @@ def test_stream_failure_ends_with_error_then_done(server: ServeProcess) -> None:
 
 
 def test_openai_validation_error_shape_for_bad_json(server: ServeProcess) -> None:
-    r = httpx.post(server.url + "/v1/completions", json={"prompt": "no model field"})
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": "4"})
     assert r.status_code == 400
     error = r.json()["error"]
-    assert error["type"] == "invalid_request_error" and "model" in error["message"]
+    assert error["type"] == "invalid_request_error" and "max_tokens" in error["message"]
+
+
+def test_model_may_be_omitted(server: ServeProcess) -> None:
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    served = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    assert r.status_code == 200 and r.json()["model"] == served

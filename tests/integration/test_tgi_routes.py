@@ -95,7 +95,6 @@ def test_huggingface_client_sees_validation_errors(server: ServeProcess) -> None
         ({"top_p": 0}, "top_p"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"watermark": True}, "watermark"),
-        ({"decoder_input_details": True}, "decoder_input_details"),
         ({"best_of": 2}, "best_of"),
         ({"no_such_parameter": 1}, "no_such_parameter"),
         ({"max_new_tokens": "many"}, "max_new_tokens"),
@@ -107,6 +106,24 @@ def test_invalid_parameters_are_422(
     r = post(server, "/generate", {"inputs": "Hello", "parameters": parameters})
     assert r.status_code == 422
     assert r.json()["error_type"] == "validation" and needle in r.json()["error"]
+
+
+def test_decoder_input_details_match_v1_prompt_logprobs(server: ServeProcess) -> None:
+    params = {"max_new_tokens": 1, "details": True, "decoder_input_details": True}
+    r = post(server, "/generate", {"inputs": "Hello world", "parameters": params})
+    assert r.status_code == 200, r.text
+    prefill = r.json()["details"]["prefill"]
+    assert [t["id"] for t in prefill] == list(b"Hello world")
+    assert prefill[0]["logprob"] is None and prefill[0]["text"] == "H"
+    body = {"model": "tiny", "prompt": "Hello world", "max_tokens": 1, "prompt_logprobs": 0}
+    v1 = post(server, "/v1/completions", body).json()["prompt_logprobs"]
+    assert v1[0] is None and len(v1) == len(prefill)
+    for token, entry in zip(prefill[1:], v1[1:], strict=True):
+        chosen = entry[str(token["id"])]
+        assert abs(chosen["logprob"] - token["logprob"]) < 1e-4
+        assert chosen["decoded_token"] == token["text"]
+    r = post(server, "/generate_stream", {"inputs": "Hello", "parameters": params})
+    assert r.status_code == 422 and "decoder_input_details" in r.json()["error"]
 
 
 def test_token_limits_name_the_numbers(server: ServeProcess) -> None:

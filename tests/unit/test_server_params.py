@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from hagmoe.engine.structured_output import StructuredOutputs
 from server.errors import InvalidInput
 from server.limits import Limits
 from server.openai_schemas import ChatCompletionRequest, CompletionRequest
@@ -46,10 +47,8 @@ def test_tgi_defaults_and_fields() -> None:
     "kw",
     [
         {"watermark": True},
-        {"decoder_input_details": True},
         {"best_of": 2},
         {"adapter_id": "a"},
-        {"grammar": {"type": "json"}},
     ],
 )
 def test_tgi_unsupported_values_are_rejected(kw: dict[str, Any]) -> None:
@@ -57,6 +56,24 @@ def test_tgi_unsupported_values_are_rejected(kw: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput, match=name) as info:
         tgi(**kw)
     assert info.value.param == name
+
+
+def test_tgi_grammar_and_prompt_logprobs() -> None:
+    schema = {"type": "object"}
+    assert tgi(grammar={"type": "json", "value": schema}).structured_outputs == StructuredOutputs(
+        json=schema
+    )
+    assert tgi(grammar={"type": "regex", "value": "a+"}).structured_outputs == StructuredOutputs(
+        regex="a+"
+    )
+    with pytest.raises(InvalidInput, match="grammar"):
+        tgi(grammar={"type": "regex", "value": {"a": 1}})
+    with pytest.raises(ValueError, match="type"):
+        TgiParameters(grammar={"type": "lark", "value": "x"})  # type: ignore[arg-type]
+    assert tgi(decoder_input_details=True).prompt_logprobs == 0
+    assert tgi().prompt_logprobs is None
+    with pytest.raises(InvalidInput, match="decoder_input_details"):
+        tgi_sampling(TgiParameters(decoder_input_details=True), 10, LIMITS, stream=True)
 
 
 def test_tgi_accepts_what_huggingface_hub_sends() -> None:
@@ -101,16 +118,75 @@ def test_openai_fields() -> None:
         (lambda: completion(n=2), "n"),
         (lambda: completion(best_of=3), "best_of"),
         (lambda: completion(suffix="s"), "suffix"),
-        (lambda: completion(logit_bias={"1": 2.0}), "logit_bias"),
+        (lambda: completion(logit_bias={"a": 2.0}), "logit_bias"),
+        (lambda: completion(bad_words=["x"]), "bad_words"),
+        (lambda: completion(prompt_logprobs=1, stream=True), "prompt_logprobs"),
+        (lambda: chat(response_format={"type": "json_schema"}), "response_format"),
+        (lambda: chat(guided_regex="a", guided_choice=["b"]), "guided_regex"),
         (lambda: chat(top_logprobs=2), "top_logprobs"),
         (lambda: chat(tools=[{"type": "function"}]), "tools"),
-        (lambda: chat(response_format={"type": "json_object"}), "response_format"),
     ],
 )
 def test_openai_unsupported_values_are_rejected(make: Any, param: str) -> None:
     with pytest.raises(InvalidInput) as info:
         make()
     assert info.value.param == param
+
+
+def test_openai_token_fields() -> None:
+    c = completion(
+        min_p=0.1,
+        stop_token_ids=[3],
+        logit_bias={"5": -100.0, "7": 2.5},
+        allowed_token_ids=[1, 2],
+        prompt_logprobs=2,
+    )
+    assert c.min_p == 0.1 and c.stop_token_ids == [3] and c.allowed_token_ids == [1, 2]
+    assert c.logit_bias == {5: -100.0, 7: 2.5} and c.prompt_logprobs == 2
+    body = CompletionRequest(model="m", prompt="x", bad_words=["ab", "c"])
+    encoded = completion_sampling(body, 10, LIMITS, lambda w: [ord(ch) for ch in w])
+    assert encoded.bad_words_token_ids == [[97, 98], [99]]
+
+
+def test_echo_with_logprobs_asks_for_prompt_logprobs() -> None:
+    assert completion(echo=True, logprobs=3).prompt_logprobs == 3
+    assert completion(echo=True, logprobs=1, prompt_logprobs=4).prompt_logprobs == 4
+    assert completion(echo=True).prompt_logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"response_format": {"type": "text"}}, None),
+        ({"response_format": {"type": "json_object"}}, StructuredOutputs(json_object=True)),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {}},
+                }
+            },
+            StructuredOutputs(json={}),
+        ),
+        ({"structured_outputs": {"regex": "a|b"}}, StructuredOutputs(regex="a|b")),
+        (
+            {"structured_outputs": {"json": '{"type": "string"}'}},
+            StructuredOutputs(json='{"type": "string"}'),
+        ),
+        ({"guided_json": {"type": "object"}}, StructuredOutputs(json={"type": "object"})),
+        ({"guided_choice": ["a", "b"]}, StructuredOutputs(choice=("a", "b"))),
+        ({"guided_grammar": 'start: "a"'}, StructuredOutputs(grammar='start: "a"')),
+    ],
+)
+def test_structured_output_fields(kw: dict[str, Any], expected: StructuredOutputs | None) -> None:
+    assert chat(**kw).structured_outputs == expected
+    assert completion(**kw).structured_outputs == expected
+
+
+def test_several_structured_output_fields_are_refused_by_name() -> None:
+    with pytest.raises(InvalidInput, match="response_format, guided_json") as info:
+        completion(response_format={"type": "json_object"}, guided_json={"type": "object"})
+    assert info.value.param == "response_format"
 
 
 def test_completion_prompt_forms() -> None:
