@@ -15,6 +15,8 @@ from hagmoe.engine.config import DTYPES, engine_config
 from hagmoe.evaluation.cli import add_eval_parser
 from hagmoe.model.hf_import.cli import add_import_parser
 from hagmoe.onnx.cli import add_export_parser
+from hagmoe.quantization.cli import add_quantize_parser
+from hagmoe.quantization.format import QUANTIZATIONS
 from hagmoe.training.cli import add_train_parser
 
 
@@ -22,6 +24,12 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    g.add_argument(
+        "--quantization",
+        default="none",
+        choices=list(QUANTIZATIONS),
+        help="CPU weight format, quantised at load (weight-only; activations float32)",
+    )
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--num-blocks", type=int, default=None, help="KV cache size in blocks")
     g.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size in bytes")
@@ -43,6 +51,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model = random_model(
             args.config, seed=args.seed, dtype=config.torch_dtype, device=args.device
         )
+    if config.quantization != "none":
+        from hagmoe.quantization.format import WeightFormat
+        from hagmoe.quantization.serving import pack_for_serving
+
+        pack_for_serving(model, WeightFormat.named(config.quantization))
     lo, hi = args.output_len if len(args.output_len) == 2 else args.output_len * 2
     rows: list[dict[str, object]] = []
     print(
@@ -172,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_export_parser,
         add_eval_parser,
         add_analyze_parser,
+        add_quantize_parser,
     ):
         add_parser(sub)
     return parser

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hagmoe.engine.config import DTYPES
+from hagmoe.engine.config import DTYPES, SCHEDULING_POLICIES
+from hagmoe.quantization.format import QUANTIZATIONS
 from server.settings import BUNDLED_MODEL, Settings, SettingsError
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -61,6 +62,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 def _server_flags(g: argparse._ArgumentGroup) -> None:
     _flag(g, "--model", str(BUNDLED_MODEL), "model folder (config.json, weights, tokenizer)")
     _flag(g, "--served-model-name", None, "model name in /v1 and /info (default: folder name)")
+    _flag(g, "--chat-template", None, "Jinja chat template: a file, or the template itself")
     _flag(g, "--host", "0.0.0.0", "REST bind address (gRPC binds the same host)")
     _flag(g, "--port", 8000, "REST port", type=int)
     _flag(g, "--grpc-port", 50051, "gRPC port; 0 disables gRPC", type=int)
@@ -92,11 +94,25 @@ def _limit_flags(g: argparse._ArgumentGroup) -> None:
 def _engine_flags(g: argparse._ArgumentGroup) -> None:
     _flag(g, "--device", "cpu", "torch device")
     _flag(g, "--dtype", "float32", "weights and cache dtype", choices=sorted(DTYPES))
+    _flag(
+        g,
+        "--quantization",
+        "none",
+        "CPU weight format, quantised at load: none (float32), bf16, int8 (weight-only)",
+        choices=list(QUANTIZATIONS),
+    )
     _flag(g, "--block-size", 16, "KV cache block size in tokens", type=int)
     _flag(g, "--num-blocks", None, "KV cache size in blocks", type=_optional_int)
     _flag(g, "--kv-cache-bytes", None, "KV cache size in bytes (wins over --num-blocks)", type=int)
     _flag(g, "--max-num-seqs", 64, "sequences the engine batches", type=int)
     _flag(g, "--max-num-batched-tokens", 512, "tokens per engine step", type=int)
+    _flag(
+        g,
+        "--scheduling-policy",
+        "fcfs",
+        "fcfs, or priority (requests' `priority` field: lower runs first)",
+        choices=list(SCHEDULING_POLICIES),
+    )
     _flag(g, "--threads", None, "torch CPU threads (default: torch's choice)", type=int)
     prefix_env = os.environ.get(env_name("--no-prefix-caching"), "").lower() in TRUE
     g.add_argument(

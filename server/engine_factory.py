@@ -10,5 +10,7 @@ from server.settings import Settings
 
 def build_engine(settings: Settings) -> AsyncEngine:
     """Load the model folder onto the device; the engine thread is not started yet."""
-    config = engine_config(settings, collect_routing_stats=True)
+    config = engine_config(
+        settings, collect_routing_stats=True, scheduling_policy=settings.scheduling_policy
+    )
     return AsyncEngine(load_engine(settings.model, None, config))

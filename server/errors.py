@@ -202,6 +202,9 @@ def _from_validation(exc: RequestValidationError) -> InvalidInput:
         loc = [str(part) for part in err.get("loc", ()) if part != "body"]
         where = ".".join(loc) or "body"
         first_param = first_param or (where if loc else None)
+        if err.get("type") == "extra_forbidden":
+            problems.append(f"{where}: not a field this server implements")
+            continue
         problems.append(f"{where}: {err.get('msg', 'invalid')}{_got(err.get('input'))}")
     return InvalidInput("; ".join(problems) or "invalid request body", first_param)
 

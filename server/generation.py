@@ -56,6 +56,11 @@ class Generation:
     stop_sequence: str | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None  # from the first output
 
+    @property
+    def cumulative_logprob(self) -> float:
+        """The sum of the generated tokens' logprobs (requested with logprobs >= 0)."""
+        return sum(t.logprob.logprob for t in self.tokens if t.logprob is not None)
+
     def add(self, out: RequestOutput) -> None:
         if out.prompt_logprobs is not None and self.prompt_logprobs is None:
             self.prompt_logprobs = out.prompt_logprobs

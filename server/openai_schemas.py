@@ -1,6 +1,7 @@
 """Bodies of the OpenAI-compatible routes (/v1/completions, /v1/chat/completions, /v1/models).
 
-Unknown keys are ignored, as OpenAI-compatible servers do; hagmoe's extensions are marked.
+A key the server does not implement is refused by name (400), except the harmless ones listed
+in IGNORED_FIELDS (declared, accepted and ignored); hagmoe's and vLLM's extensions are marked.
 Request bodies are strict (no coercion: `"4"` is not an int, `"yes"` not a bool; an int is a
 float) and carry the limits the engine enforces, so the OpenAPI schema says what is refused."""
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 from server.tgi_schemas import (
     MAX_LOGPROBS,
     MAX_STOP,
+    STRICT_FORBID,
     STRICT_IGNORE,
     NonEmptyStr,
     RoutingEntry,
@@ -20,10 +22,13 @@ from server.tgi_schemas import (
 )
 
 PromptIds = Annotated[list[TokenId], Field(min_length=1)]
+MAX_N = 128  # n and best_of
+IGNORED_FIELDS = ("user", "metadata", "service_tier", "store")  # and a message's `name`
+MAX_PROMPTS = 256  # prompts in one /v1/completions batch
 
 
 class StreamOptions(BaseModel):
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     include_usage: bool = Field(
         default=False, description="Send a last chunk with usage before [DONE]."
@@ -31,7 +36,7 @@ class StreamOptions(BaseModel):
 
 
 class JsonSchemaFormat(BaseModel):
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     name: str = Field(default="response", description="The schema's name.")
     json_schema: dict[str, Any] = Field(alias="schema", description="The JSON schema to match.")
@@ -40,7 +45,7 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     type: Literal["text", "json_object", "json_schema"] = Field(
         description="text (free), json_object (any JSON object) or json_schema."
@@ -53,7 +58,7 @@ class ResponseFormat(BaseModel):
 class StructuredOutputsFields(BaseModel):
     """vLLM's `structured_outputs`: set exactly one."""
 
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     json_: dict[str, Any] | str | None = Field(
         default=None, alias="json", description="A JSON schema (object or text)."
@@ -69,7 +74,7 @@ class StructuredOutputsFields(BaseModel):
 class SamplingFields(BaseModel):
     """Fields both OpenAI routes share."""
 
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     model: str | None = Field(
         default=None, description="The served model name (see GET /v1/models); default: it."
@@ -78,7 +83,9 @@ class SamplingFields(BaseModel):
         default=None, ge=0, description="Softmax temperature (default 1; 0 = greedy)."
     )
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus mass in (0, 1].")
-    n: int = Field(default=1, ge=1, description="Completions per prompt: only 1 is supported.")
+    n: int = Field(
+        default=1, ge=1, le=MAX_N, description="Choices per prompt (one prefill for all)."
+    )
     stream: bool = Field(default=False, description="Answer with server-sent events ending [DONE].")
     stream_options: StreamOptions | None = Field(default=None, description="Streaming options.")
     stop: NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=MAX_STOP)] | None = Field(
@@ -95,7 +102,10 @@ class SamplingFields(BaseModel):
     response_format: ResponseFormat | None = Field(
         default=None, description="text, json_object, or json_schema {name, schema, strict}."
     )
-    user: str | None = Field(default=None, description="Ignored.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+    metadata: dict[str, str] | None = Field(default=None, description="Accepted and ignored.")
+    service_tier: str | None = Field(default=None, description="Accepted and ignored.")
+    store: bool | None = Field(default=None, description="Accepted and ignored.")
     top_k: int | None = Field(
         default=None, ge=0, description="hagmoe: keep the k most likely tokens (0 = off)."
     )
@@ -137,6 +147,15 @@ class SamplingFields(BaseModel):
         default=None, description="vLLM (legacy): one of these strings."
     )
     guided_grammar: str | None = Field(default=None, description="vLLM (legacy): a Lark grammar.")
+    priority: int = Field(
+        default=0,
+        ge=-(2**31),
+        lt=2**31,
+        description="vLLM: lower runs first (needs --scheduling-policy priority).",
+    )
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="vLLM: keep only the prompt's last this many tokens."
+    )
     return_routing: bool = Field(
         default=False, description="hagmoe: each token's routing per layer."
     )
@@ -149,11 +168,13 @@ class CompletionRequest(SamplingFields):
     prompt: (
         NonEmptyStr
         | PromptIds
-        | Annotated[list[NonEmptyStr], Field(min_length=1)]
-        | Annotated[list[PromptIds], Field(min_length=1)]
-    ) = Field(description="Text or token ids (a list of prompts must hold exactly one).")
+        | Annotated[list[NonEmptyStr], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | Annotated[list[PromptIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(description="Text or token ids, or a list of either (a batch).")
     max_tokens: int | None = Field(
-        default=16, ge=1, description="Most tokens to generate (default 16; 0 is refused)."
+        default=16,
+        ge=0,
+        description="Most tokens to generate (default 16; 0 with echo: score the prompt only).",
     )
     echo: bool = Field(
         default=False, description="Prepend the prompt to the text (and its logprobs to logprobs)."
@@ -164,19 +185,25 @@ class CompletionRequest(SamplingFields):
         le=MAX_LOGPROBS,
         description="Alternatives per token (0..20) with logprobs.",
     )
-    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported.")
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_N,
+        description="Sequences per prompt, of which the n with the highest cumulative logprob "
+        "are returned (>= n; not with stream).",
+    )
     suffix: str | None = Field(default=None, description="Not supported.")
 
 
 class ContentPart(BaseModel):
-    model_config = STRICT_IGNORE
+    model_config = STRICT_IGNORE  # a part's other keys belong to kinds refused by `type`
 
     type: str = Field(description="Only `text` parts are supported.")
     text: str | None = Field(default=None, description="The text of a text part.")
 
 
 class ChatMessage(BaseModel):
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     role: str = Field(description="system, user, assistant (or any role the template knows).")
     content: str | list[ContentPart] | None = Field(default=None, description="Text or text parts.")
@@ -199,7 +226,15 @@ class ChatCompletionRequest(SamplingFields):
         default=None, description="Not supported when non-empty."
     )
     add_generation_prompt: bool = Field(
-        default=True, description="hagmoe: end with the assistant's turn."
+        default=True, description="vLLM: end with the assistant's turn."
+    )
+    continue_final_message: bool = Field(
+        default=False,
+        description="vLLM: the prompt ends inside the last (assistant) message, to continue it "
+        "(set add_generation_prompt false).",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="vLLM: more variables for the chat template."
     )
 
 
@@ -240,13 +275,14 @@ ROUTING_DOC = "hagmoe (return_routing): routing per generated token, per layer."
 
 
 class CompletionChoice(BaseModel):
-    index: int = Field(description="Always 0 (n = 1).")
+    index: int = Field(description="prompt index x n + choice (a batch's choices in order).")
     text: str = Field(description="The completion (a chunk's new text when streaming).")
     logprobs: CompletionLogprobs | None = Field(default=None, description="With `logprobs`.")
     finish_reason: Literal["stop", "length"] | None = Field(
         description="stop (EOS or stop string), length, or null while streaming."
     )
     routing: list[list[RoutingEntry]] | None = Field(default=None, description=ROUTING_DOC)
+    prompt_logprobs: PromptLogprobs | None = Field(default=None, description=PROMPT_LOGPROBS_DOC)
 
 
 class CompletionResponse(BaseModel):
@@ -254,9 +290,8 @@ class CompletionResponse(BaseModel):
     object: Literal["text_completion"] = Field(default="text_completion", description="Kind.")
     created: int = Field(description="Unix time of the answer.")
     model: str = Field(description="The served model name.")
-    choices: list[CompletionChoice] = Field(description="One choice.")
+    choices: list[CompletionChoice] = Field(description="n choices per prompt.")
     usage: Usage | None = Field(default=None, description="Token counts.")
-    prompt_logprobs: PromptLogprobs | None = Field(default=None, description=PROMPT_LOGPROBS_DOC)
 
 
 class TopLogprob(BaseModel):
@@ -279,7 +314,7 @@ class AssistantMessage(BaseModel):
 
 
 class ChatChoice(BaseModel):
-    index: int = Field(description="Always 0 (n = 1).")
+    index: int = Field(description="The choice, 0..n-1.")
     message: AssistantMessage = Field(description="The answer (`delta` in stream chunks).")
     logprobs: ChoiceLogprobs | None = Field(default=None, description="With `logprobs`.")
     finish_reason: Literal["stop", "length"] | None = Field(
@@ -293,7 +328,7 @@ class ChatCompletionResponse(BaseModel):
     object: Literal["chat.completion"] = Field(default="chat.completion", description="Kind.")
     created: int = Field(description="Unix time of the answer.")
     model: str = Field(description="The served model name.")
-    choices: list[ChatChoice] = Field(description="One choice.")
+    choices: list[ChatChoice] = Field(description="n choices.")
     usage: Usage = Field(description="Token counts.")
     prompt_logprobs: PromptLogprobs | None = Field(default=None, description=PROMPT_LOGPROBS_DOC)
 

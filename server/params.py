@@ -42,7 +42,6 @@ def tgi_sampling(
         "decoder_input_details",
         "prompt logprobs are not supported when streaming",
     )
-    _reject(p.best_of in (None, 1), "best_of", f"only 1 is supported, got {p.best_of}")
     _reject(p.adapter_id is None, "adapter_id", "adapters are not supported")
     warpers = (
         (p.temperature is not None and p.temperature != 1.0)
@@ -51,6 +50,11 @@ def tgi_sampling(
         or (p.typical_p is not None and p.typical_p < 1.0)
     )
     sample = p.do_sample or warpers
+    best_of = p.best_of or 1
+    if best_of > 1:  # TGI's rules: sampled, unseeded, unary
+        _reject(sample, "best_of", "needs sampling (do_sample or a sampling parameter)")
+        _reject(p.seed is None, "seed", "must not be set when best_of > 1")
+        _reject(not stream, "best_of", "best_of > 1 cannot be streamed")
     max_new = p.max_new_tokens
     if max_new is None:
         max_new = min(TGI_DEFAULT_MAX_NEW_TOKENS, limits.room(num_input))
@@ -66,7 +70,7 @@ def tgi_sampling(
         seed=p.seed,
         stop=list(p.stop),
         ignore_eos=p.ignore_eos,
-        logprobs=p.top_n_tokens or 0,
+        logprobs=p.top_n_tokens or 0,  # 0: the chosen token's logprob, which best_of ranks by
         prompt_logprobs=0 if p.decoder_input_details else None,
         return_routing=p.return_routing,
         structured_outputs=_tgi_grammar(p.grammar),
@@ -82,12 +86,13 @@ def _tgi_grammar(grammar: TgiGrammar | None) -> StructuredOutputs | None:
     return StructuredOutputs(regex=str(grammar.value))
 
 
-def truncate_prompt(ids: list[int], truncate: int | None) -> list[int]:
-    """TGI's `truncate`: keep the last `truncate` tokens."""
+def truncate_prompt(ids: list[int], truncate: int | None, field: str = "truncate") -> list[int]:
+    """TGI's `truncate`, vLLM's `truncate_prompt_tokens`: keep the last `truncate` tokens
+    (the same list when it is no longer)."""
     if truncate is None:
         return ids
-    _reject(truncate >= 1, "truncate", f"must be >= 1, got {truncate}")
-    return ids[-truncate:]
+    _reject(truncate >= 1, field, f"must be >= 1, got {truncate}")
+    return ids[-truncate:] if len(ids) > truncate else ids
 
 
 def _response_format(fmt: ResponseFormat | None) -> StructuredOutputs | None:
@@ -159,7 +164,6 @@ def _common(
     encode: Encode | None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
-    _reject(req.n == 1, "n", f"only n=1 is supported, got {req.n}")
     _reject(
         not (req.stream and req.prompt_logprobs is not None),
         "prompt_logprobs",
@@ -195,16 +199,29 @@ def echo_logprobs(req: CompletionRequest) -> bool:
     return req.echo and req.logprobs is not None
 
 
+def num_sequences(req: SamplingFields, best_of: int | None = None) -> int:
+    """How many sequences a prompt runs: best_of (>= n; not streamed), else n."""
+    if best_of is None or best_of == req.n:
+        return req.n
+    _reject(best_of > req.n, "best_of", f"must be >= n={req.n}, got {best_of}")
+    _reject(not req.stream, "best_of", "best_of > n cannot be streamed")
+    return best_of
+
+
 def completion_sampling(
     req: CompletionRequest, num_input: int, limits: Limits, encode: Encode | None = None
 ) -> SamplingParams:
-    _reject(req.best_of in (None, 1), "best_of", f"only 1 is supported, got {req.best_of}")
     _reject(req.suffix is None, "suffix", "suffix is not supported")
-    max_new = req.max_tokens if req.max_tokens is not None else limits.room(num_input)
+    _reject(req.max_tokens != 0 or req.echo, "max_tokens", "0 needs echo (the prompt's logprobs)")
+    # max_tokens 0: one token is generated and dropped, only the prompt is scored
+    max_new = 1 if req.max_tokens == 0 else req.max_tokens or limits.room(num_input)
     prompt_n = None
     if echo_logprobs(req):
         prompt_n = max(req.logprobs or 0, req.prompt_logprobs or 0)
-    return _common(req, max_new, req.min_tokens or 0, req.logprobs, encode, prompt_n)
+    logprobs = req.logprobs
+    if num_sequences(req, req.best_of) > req.n:  # ranking needs each token's logprob
+        logprobs = logprobs or 0
+    return _common(req, max_new, req.min_tokens or 0, logprobs, encode, prompt_n)
 
 
 def chat_sampling(
@@ -221,14 +238,14 @@ def chat_sampling(
     return _common(req, max_new, req.min_tokens or 0, logprobs, encode)
 
 
-def completion_prompt(prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
-    """One prompt, as text or token ids; a list must hold exactly one prompt."""
+def completion_prompts(
+    prompt: str | list[int] | list[str] | list[list[int]],
+) -> list[str] | list[list[int]]:
+    """The prompts of a completion request, as texts or token-id lists (a batch or one)."""
     if isinstance(prompt, str):
-        return prompt
+        return [prompt]
     if not prompt:
         raise InvalidInput("prompt: must not be empty", "prompt")
     if all(isinstance(t, int) for t in prompt):
-        return [int(t) for t in prompt]  # type: ignore[arg-type]
-    _reject(len(prompt) == 1, "prompt", f"one prompt per request is supported, got {len(prompt)}")
-    first = prompt[0]
-    return first if isinstance(first, str) else list(first)  # type: ignore[arg-type]
+        return [[int(t) for t in prompt]]  # type: ignore[arg-type]
+    return list(prompt)  # type: ignore[return-value]

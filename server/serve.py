@@ -73,7 +73,10 @@ def build_context(settings: Settings) -> tuple[ServerContext, AsyncEngine]:
         keys=KeyRing(settings.api_keys),
         service=GenerationService(engine, limits, admission, metrics),
         view=TokenView(tokenizer),
-        chat=ChatTemplate(tokenizer.chat_template if tokenizer else None, **specials),
+        chat=ChatTemplate(
+            settings.chat_template_source(tokenizer.chat_template if tokenizer else None),
+            **specials,
+        ),
         created=int(time.time()),
         chars_per_token=chars_per_token(tokenizer),
     )

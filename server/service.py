@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import cast
@@ -30,15 +31,26 @@ class GenerationCall:
     params: SamplingParams
     request_id: str
     timeout: float | None = None
+    n: int = 1  # sibling sequences of the prompt (OpenAI's n / best_of, TGI's best_of)
+    priority: int = 0  # scheduling_policy "priority": lower runs first
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One admission slot, shared by a call's sibling streams: freed when the last closes."""
+
+    holders: int
+    start: float
 
 
 class GenerationStream:
     """An admitted request: iterate it once for its outputs; close() frees its slot."""
 
-    def __init__(self, service: GenerationService, request: Request, start: float) -> None:
+    def __init__(self, service: GenerationService, request: Request, slot: _Slot) -> None:
         self.service = service
         self.request = request
-        self.start = start
+        self.slot = slot
+        self.start = slot.start
         self._closed = False
         service.streams.add(self)
 
@@ -96,7 +108,9 @@ class GenerationStream:
             return
         self._closed = True
         self.service.streams.discard(self)
-        self.service.admission.release(time.monotonic() - self.start)
+        self.slot.holders -= 1
+        if self.slot.holders == 0:
+            self.service.admission.release(time.monotonic() - self.start)
 
 
 class GenerationService:
@@ -125,31 +139,78 @@ class GenerationService:
             self.engine.abort(stream.request.request_id)
         return len(self.streams)
 
-    def make_request(self, call: GenerationCall, deadline: float | None) -> Request:
+    def make_requests(self, call: GenerationCall, deadline: float | None) -> list[Request]:
         """The request's error now, before it queues: server limits, then the engine's one
         validation. Draining is refused by each frontend's gate, before the body is read."""
         self.limits.check(len(call.prompt_ids), call.params.max_new_tokens)
         try:
-            return self.engine.make_request(call.prompt_ids, call.params, call.request_id, deadline)
+            return self.engine.make_requests(
+                call.prompt_ids, call.params, call.n, call.request_id, deadline, call.priority
+            )
         except Exception as exc:
             raise to_service_error(exc) from exc
 
     async def open(self, call: GenerationCall) -> GenerationStream:
         """Validate, then wait for a slot (until the deadline); the caller must close() the
-        stream."""
+        stream. For a call of n = 1."""
+        (stream,) = await self.open_all([call])
+        return stream
+
+    async def open_all(self, calls: Sequence[GenerationCall]) -> list[GenerationStream]:
+        """open for every call's n sequences (call by call, sibling by sibling), which share
+        one slot and the first call's timeout; iterate them together (interleave): siblings
+        wait for their first one's prefill."""
         start = time.monotonic()
-        deadline = self.limits.deadline(call.timeout)
-        request = self.make_request(call, deadline)
+        deadline = self.limits.deadline(calls[0].timeout)
+        requests = [r for call in calls for r in self.make_requests(call, deadline)]
         await self.admission.acquire(deadline)
-        return GenerationStream(self, request, start)
+        slot = _Slot(len(requests), start)
+        return [GenerationStream(self, request, slot) for request in requests]
 
     async def complete(self, call: GenerationCall) -> Generation:
-        """Run a request to the end and return everything it generated."""
-        stream = await self.open(call)
-        completion = Generation(call.request_id)
+        """Run a request of n = 1 to the end and return everything it generated."""
+        (done,) = await self.complete_all([call])
+        return done
+
+    async def complete_all(self, calls: Sequence[GenerationCall]) -> list[Generation]:
+        """Run every call's n sequences to the end, together; one Generation each, in
+        open_all's order."""
+        streams = await self.open_all(calls)
+        done = [Generation(calls[0].request_id) for _ in streams]
+        async for i, out in interleave(streams):
+            done[i].add(out)
+        return done
+
+
+async def interleave(
+    streams: list[GenerationStream],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of several streams as they come, with each one's index; closes them all."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: GenerationStream) -> None:
         try:
             async for out in stream:
-                completion.add(out)
-        finally:
+                await queue.put((i, out))
+            await queue.put((i, None))
+        except BaseException as exc:  # CancelledError included: the consumer left
+            await queue.put((i, exc))
+            raise
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
             stream.close()
-        return completion

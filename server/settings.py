@@ -37,11 +37,14 @@ class Settings:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"  # or "priority": a request's `priority` orders it
     dtype: str = "float32"
+    quantization: str = "none"  # CPU weights: none (float32), bf16 or int8
     device: str = "cpu"
     threads: int | None = None
     log_level: str = "info"
     served_model_name: str | None = None
+    chat_template: str | None = None  # a file or Jinja source; None: the tokenizer's
 
     @property
     def model_name(self) -> str:
@@ -74,6 +77,21 @@ class Settings:
             if not 0 <= getattr(self, port_name) < 65536:
                 raise SettingsError(f"--{port_name.replace('_', '-')} must lie in [0, 65535]")
 
+    def chat_template_source(self, tokenizer_template: str | None) -> str | None:
+        """--chat-template (a file's text, or the template itself), else the tokenizer's."""
+        given = self.chat_template
+        if not given:
+            return tokenizer_template
+        path = Path(given)
+        try:
+            if "{" not in given and path.is_file():
+                return path.read_text()
+        except OSError as exc:
+            raise SettingsError(f"--chat-template {given}: cannot read it ({exc})") from exc
+        if "{" not in given:
+            raise SettingsError(f"--chat-template {given}: no such file, and not a Jinja template")
+        return given
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         keys = [k for k in (args.api_key or []) if k]
@@ -100,11 +118,14 @@ class Settings:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
+            scheduling_policy=args.scheduling_policy,
             dtype=args.dtype,
+            quantization=getattr(args, "quantization", "none"),
             device=args.device,
             threads=args.threads,
             log_level=args.log_level,
             served_model_name=args.served_model_name,
+            chat_template=args.chat_template,
         )
         settings.check()
         return settings

@@ -49,34 +49,41 @@ class TgiFrontend:
         prompt = await self.ctx.encode_prompt(body.inputs, "inputs", bounded=p.truncate is None)
         ids = truncate_prompt(prompt, p.truncate)
         params = tgi_sampling(p, len(ids), self.ctx.limits, stream)
-        return GenerationCall(ids, params, request_context.current().request_id, p.timeout)
+        rid = request_context.current().request_id
+        return GenerationCall(ids, params, rid, p.timeout, n=p.best_of or 1)
 
     async def unary(self, body: TgiRequest, request: Request) -> dict[str, Any]:
         call = await self._call(body)
-        done = await until_disconnect(request, self.ctx.service.complete(call))
-        return self._result(body, done, call)
+        done = await until_disconnect(request, self.ctx.service.complete_all([call]))
+        best, *others = sorted(done, key=lambda g: g.cumulative_logprob, reverse=True)
+        result = self._result(body, best, call)
+        if others and "details" in result:
+            result["details"]["best_of_sequences"] = [
+                {"generated_text": _text(body, g), **self._details(body, g, call)} for g in others
+            ]
+        return result
 
     def _result(self, body: TgiRequest, done: Generation, call: GenerationCall) -> dict[str, Any]:
         p = body.parameters
-        text = body.inputs + done.text if p.return_full_text else done.text
-        result: dict[str, Any] = {"generated_text": text}
+        result: dict[str, Any] = {"generated_text": _text(body, done)}
         if p.details or p.return_routing:
-            view = self.ctx.view
-            result["details"] = {
-                "finish_reason": done.finish,
-                "generated_tokens": len(done.tokens),
-                "seed": call.params.seed,
-                "prefill": view.tgi_prefill(call.prompt_ids, done.prompt_logprobs)
-                if p.decoder_input_details
-                else [],
-                "tokens": [view.tgi_token(t) for t in done.tokens],
-                "top_tokens": [view.tgi_top_tokens(t) for t in done.tokens]
-                if p.top_n_tokens
-                else None,
-                "input_length": done.num_prompt_tokens,
-                "cached_tokens": done.num_cached_tokens,
-            }
+            result["details"] = self._details(body, done, call)
         return result
+
+    def _details(self, body: TgiRequest, done: Generation, call: GenerationCall) -> dict[str, Any]:
+        p, view = body.parameters, self.ctx.view
+        return {
+            "finish_reason": done.finish,
+            "generated_tokens": len(done.tokens),
+            "seed": call.params.seed,
+            "prefill": view.tgi_prefill(call.prompt_ids, done.prompt_logprobs)
+            if p.decoder_input_details
+            else [],
+            "tokens": [view.tgi_token(t) for t in done.tokens],
+            "top_tokens": [view.tgi_top_tokens(t) for t in done.tokens] if p.top_n_tokens else None,
+            "input_length": done.num_prompt_tokens,
+            "cached_tokens": done.num_cached_tokens,
+        }
 
     async def stream(self, body: TgiRequest, request: Request) -> EventStream:
         call = await self._call(body, stream=True)
@@ -158,3 +165,7 @@ def tgi_router(ctx: ServerContext) -> APIRouter:
         return JSONResponse([await tgi.unary(body, request)])
 
     return router
+
+
+def _text(body: TgiRequest, done: Generation) -> str:
+    return body.inputs + done.text if body.parameters.return_full_text else done.text

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hagmoe.engine.sampling_params import MAX_LOGPROBS, MAX_STOP_SEQUENCES
 
 MAX_STOP = MAX_STOP_SEQUENCES
+MAX_BEST_OF = 16  # TGI's default max_best_of is 2
 STRICT_FORBID = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 STRICT_IGNORE = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -92,7 +93,13 @@ class TgiParameters(BaseModel):
         le=MAX_LOGPROBS,
         description="Return this many most likely alternatives per token (0..20).",
     )
-    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported.")
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="Sequences to sample, of which the one with the highest cumulative logprob "
+        "is returned (needs sampling, no seed, not streamed).",
+    )
     adapter_id: str | None = Field(default=None, description="Adapters are not supported.")
     grammar: TgiGrammar | None = Field(
         default=None, description="Constrain the output to a JSON schema or a regex."
@@ -112,9 +119,9 @@ class TgiParameters(BaseModel):
 
 
 class TgiRequest(BaseModel):
-    """A TGI generation request (unknown top-level keys are ignored)."""
+    """A TGI generation request (an unknown key is refused by name)."""
 
-    model_config = STRICT_IGNORE
+    model_config = STRICT_FORBID
 
     inputs: NonEmptyStr = Field(description="The prompt text.")
     parameters: TgiParameters = Field(
@@ -143,7 +150,7 @@ class TgiPrefillToken(BaseModel):
     logprob: float | None = Field(description="Its log probability (null for the first).")
 
 
-class TgiDetails(BaseModel):
+class TgiSequenceDetails(BaseModel):
     finish_reason: Literal["length", "eos_token", "stop_sequence"] = Field(
         description="Why the generation ended."
     )
@@ -158,6 +165,16 @@ class TgiDetails(BaseModel):
     )
     input_length: int = Field(description="Prompt tokens.")
     cached_tokens: int = Field(description="Prompt tokens served from the prefix cache.")
+
+
+class TgiBestOfSequence(TgiSequenceDetails):
+    generated_text: str = Field(description="The sequence's text.")
+
+
+class TgiDetails(TgiSequenceDetails):
+    best_of_sequences: list[TgiBestOfSequence] | None = Field(
+        default=None, description="With best_of > 1: the other sequences."
+    )
 
 
 class TgiResponse(BaseModel):

@@ -89,19 +89,21 @@ class AsyncEngine:
     def model_info(self) -> ModelInfo:
         return ModelInfo.from_core(self.core)
 
-    def make_request(
+    def make_requests(
         self,
         prompt_token_ids: list[int],
         params: SamplingParams,
+        n: int = 1,
         request_id: str | None = None,
         deadline: float | None = None,
         priority: int = 0,
-    ) -> Request:
-        """Validate now, on the caller's thread, and give the request a unique engine id;
-        raises InvalidRequestError naming the field, or EngineDeadError."""
+    ) -> list[Request]:
+        """Validate now, on the caller's thread, and make n sibling requests with unique engine
+        ids (one prefill; EngineCore.make_requests); raises InvalidRequestError naming the
+        field, or EngineDeadError."""
         self._check_running()
         rid = f"{request_id or 'req'}-{next(self._ids)}"
-        return self.core.make_request(rid, prompt_token_ids, params, deadline, priority)
+        return self.core.make_requests(rid, prompt_token_ids, params, n, deadline, priority)
 
     async def generate(self, request: Request) -> AsyncIterator[RequestOutput]:
         """Stream the outputs of a request from make_request (opaque to the caller); leaving

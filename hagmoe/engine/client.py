@@ -61,7 +61,7 @@ class ModelInfo:
 
 
 class EngineClient(Protocol):
-    """make_request (validates) -> generate (async stream of outputs), abort, health, model
+    """make_requests (validates) -> generate (async stream of outputs), abort, health, model
     info."""
 
     @property
@@ -72,15 +72,17 @@ class EngineClient(Protocol):
 
     def model_info(self) -> ModelInfo: ...
 
-    def make_request(
+    def make_requests(
         self,
         prompt_token_ids: list[int],
         params: SamplingParams,
+        n: int = 1,
         request_id: str | None = None,
         deadline: float | None = None,
         priority: int = 0,
-    ) -> Request:
-        """Validate (the one validation) and build a request, opaque to the caller."""
+    ) -> list[Request]:
+        """Validate (the one validation) and build n sibling requests of one prompt (one
+        prefill; seed + i each), opaque to the caller."""
         ...
 
     def generate(self, request: Request) -> AsyncIterator[RequestOutput]: ...

@@ -10,6 +10,7 @@ import torch
 
 from hagmoe.errors import ConfigError
 from hagmoe.model.config import ModelConfig
+from hagmoe.quantization.format import QUANTIZATIONS
 
 DTYPES = {
     "float32": torch.float32,
@@ -38,6 +39,7 @@ class EngineConfig:
     collect_routing_stats: bool = False  # per-step expert / group counts (the server's metrics)
     scheduling_policy: str = "fcfs"  # or "priority": lowest Request.priority first
     keep_logits: bool = False  # keep each step's sampled-position logits (tests, debugging)
+    quantization: str = "none"  # CPU weights: "none" (float32), "bf16" or "int8" (weight-only)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -51,6 +53,10 @@ class EngineConfig:
             raise ConfigError(
                 f"scheduling_policy {self.scheduling_policy!r}: choose one of "
                 f"{list(SCHEDULING_POLICIES)}"
+            )
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(
+                f"quantization {self.quantization!r}: choose one of {list(QUANTIZATIONS)}"
             )
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
@@ -110,5 +116,6 @@ def engine_config(settings: EngineSettings, **overrides: Any) -> EngineConfig:
         enable_prefix_caching=settings.enable_prefix_caching,
         device=settings.device,
         dtype=settings.dtype,
+        quantization=getattr(settings, "quantization", "none"),
     )
     return dataclasses.replace(config, **overrides)

@@ -85,6 +85,10 @@ class EngineCore:
         naming the field."""
         params = params or SamplingParams()
         params.validate(self.model.config.vocab_size)
+        if priority and self.config.scheduling_policy != "priority":
+            raise InvalidRequestError(
+                "priority", f"{priority} needs scheduling_policy 'priority' (this engine: fcfs)"
+            )
         assert self.config.max_model_len is not None
         validate_prompt(prompt_token_ids, self.config.max_model_len, self.model.config.vocab_size)
         request = Request(

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.outputs import LayerDecision, RequestOutput
 from hagmoe.engine.request import TokenLogprob
 from hagmoe.engine.sampling_params import SamplingParams, params_per_prompt
+from hagmoe.errors import CheckpointError
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.tokenizer import Tokenizer
 
@@ -52,15 +55,15 @@ def load_engine(
     config: EngineConfig | None = None,
 ) -> EngineCore:
     """An EngineCore over a model folder (native, or Hugging Face converted on load) or a model
-    object, on the config's device and dtype."""
+    object, on the config's device and dtype. A model it loads itself, and any model when
+    config.quantization is not "none", is packed in place for the CPU kernels."""
     config = config or EngineConfig()
+    owned = not isinstance(model, HagMoEModel)
     if isinstance(model, HagMoEModel):
         model = model.to(device=config.device, dtype=config.torch_dtype)
     else:
-        from hagmoe.model.hf_import.convert import load_folder
-
         folder = Path(model)
-        model = load_folder(folder, device=config.device, dtype=config.torch_dtype)
+        model = _load_folder(folder, config)
         cfg = model.config
         tokenizer = tokenizer or Tokenizer.load(
             folder,
@@ -69,7 +72,35 @@ def load_engine(
             eos_token_id=cfg.eos_token_id,
             pad_token_id=cfg.pad_token_id,
         )
+    if config.quantization != "none" or owned:
+        model = _pack(model, config.quantization)
     return EngineCore(model.eval(), tokenizer, config)
+
+
+def _load_folder(folder: Path, config: EngineConfig) -> HagMoEModel:
+    """A native, quantised (CPU, float32 only) or Hugging Face folder's model."""
+    from hagmoe.model.hf_import.convert import load_folder
+    from hagmoe.quantization.checkpoint import is_quantized, load_quantized
+
+    if not is_quantized(folder):
+        return load_folder(folder, device=config.device, dtype=config.torch_dtype)
+    if torch.device(config.device).type != "cpu" or config.torch_dtype != torch.float32:
+        raise CheckpointError(f"{folder} is quantised: it serves on the CPU in float32 only")
+    return load_quantized(folder)
+
+
+def _pack(model: HagMoEModel, quantization: str) -> HagMoEModel:
+    """The engine's own model (loaded from a folder), or one it was asked to quantise: packed in
+    place for the CPU kernels (hagmoe.quantization.serving), so the weights are held once."""
+    from hagmoe.kernels import cpu
+    from hagmoe.quantization.format import WeightFormat
+    from hagmoe.quantization.serving import pack_for_serving
+
+    if quantization == "none" and (
+        model.device.type != "cpu" or model.dtype != torch.float32 or cpu.library() is None
+    ):
+        return model
+    return pack_for_serving(model, WeightFormat.named(quantization))
 
 
 class LLM:

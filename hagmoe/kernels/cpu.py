@@ -1,8 +1,11 @@
-"""The float32 CPU kernels of cpu_kernels.c, compiled once per machine and called through ctypes.
+"""The float32 CPU kernels of cpu_kernels.c (and the bf16 / int8 weight kernels of
+quant_kernels.c, wrapped in quant.py), compiled once per machine and called through ctypes.
 
 The library is built with the system C compiler (`$CC`, else `cc`) on first use and cached in
 `$HAGMOE_KERNEL_CACHE` (default `$XDG_CACHE_HOME/hagmoe/kernels`, else `~/.cache/hagmoe/kernels`),
-keyed by the source, the flags and the CPU's feature flags. Where no compiler works, `enabled_for`
+keyed by the sources, the flags and the CPU's feature flags. The instruction set is the build
+machine's (`-march=native`); HAGMOE_CPU_ISA=avx2 forces the portable AVX2 + FMA path
+(`-march=x86-64-v3`), a different library in the cache. Where no compiler works, `enabled_for`
 is False and callers keep their torch path; HAGMOE_CPU_KERNELS=0 turns the kernels off. They run
 only without autograd (serving). A build writes a temporary library and renames it into place;
 one left by a build that died is removed at the next load, once older than BUILD_TIMEOUT.
@@ -30,16 +33,21 @@ from typing import TypeVar, cast
 import torch
 from torch import Tensor
 
+from hagmoe.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 P = TypeVar("P")
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"))  # compiled into one library
+HEADER = SOURCE.with_name("kernels.h")
+ISA_FLAGS = {"native": "-march=native", "avx2": "-march=x86-64-v3"}  # HAGMOE_CPU_ISA
 LANES = 16  # vector width; the attention head dim and the expert F must be multiples of it
 PANEL = 32  # output columns per packed panel; the MoE kernel's d must be a multiple of it
 BUILD_TIMEOUT = 120.0  # seconds a compile may take
 TMP_PREFIX = "cpu_kernels-building-"  # a build's temporary library, renamed into place when done
 TMP_PATTERNS = (f"{TMP_PREFIX}*.so", "tmp*.so")  # the second: older versions' builds
-FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -48,7 +56,22 @@ _SIGNATURES = {
     "hagmoe_paged_attention": [_P] * 7 + [_I64] * 7 + [ctypes.c_float, _I64, _I64, _INT],
     "hagmoe_route_sums": [_P, _P, _I64, _I64] + [_P] * 6 + [_I64] * 6,
     "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
+    "hagmoe_linear_q": [_P] * 5 + [_I64] * 4 + [_INT] * 3,
+    "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
 }
+
+
+def isa() -> str:
+    """The instruction set the kernels are built for: HAGMOE_CPU_ISA, default "native"."""
+    name = os.environ.get("HAGMOE_CPU_ISA", "") or "native"
+    if name not in ISA_FLAGS:
+        raise ConfigError(f"HAGMOE_CPU_ISA={name!r}: choose one of {sorted(ISA_FLAGS)}")
+    return name
+
+
+def build_flags() -> tuple[str, ...]:
+    """The compiler flags of the library `library()` loads (they are part of its cache key)."""
+    return (*FLAGS, ISA_FLAGS[isa()])
 
 
 def cache_dir() -> Path:
@@ -81,13 +104,13 @@ def remove_stale_builds(folder: Path, older_than: float = BUILD_TIMEOUT) -> list
     return removed
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            [compiler, *flags, "-I", str(HEADER.parent), "-o", tmp, *map(str, SOURCES), "-lm"],
             check=True,
             capture_output=True,
             timeout=BUILD_TIMEOUT,
@@ -100,17 +123,19 @@ def _build(compiler: str, target: Path) -> None:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, building them first if needed; None where they cannot be had."""
+    """The loaded kernels, building them first if needed; None where they cannot be had.
+    ConfigError for an unknown HAGMOE_CPU_ISA."""
     if os.environ.get("HAGMOE_CPU_KERNELS", "1") == "0":
         return None
-    compiler = os.environ.get("CC", "cc")
-    key = " ".join([compiler, *FLAGS, _cpu_features()]).encode()
-    digest = hashlib.sha256(SOURCE.read_bytes() + key).hexdigest()[:16]
+    compiler, flags = os.environ.get("CC", "cc"), build_flags()
+    key = " ".join([compiler, *flags, _cpu_features()]).encode()
+    code = b"".join(p.read_bytes() for p in (*SOURCES, HEADER))
+    digest = hashlib.sha256(code + key).hexdigest()[:16]
     path = cache_dir() / f"cpu_kernels-{digest}.so"
     remove_stale_builds(path.parent)
     try:
         if not path.exists():
-            _build(compiler, path)
+            _build(compiler, flags, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
@@ -119,6 +144,7 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
     lib.hagmoe_moe_swiglu.restype = lib.hagmoe_paged_attention.restype = ctypes.c_int
+    lib.hagmoe_moe_swiglu_q.restype = ctypes.c_int
     return lib
 
 

@@ -18,51 +18,7 @@
  * B sequences, Q query rows per sequence, H query heads, L key positions, bs block size,
  * G groups, M experts per group, N = G * M.
  */
-#include <math.h>
-#include <omp.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define LANES 16
-
-typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
-
-#ifdef __AVX512F__
-#include <immintrin.h>
-static inline float hsum(vec v) { return _mm512_reduce_add_ps((__m512)v); }
-#else
-static inline float hsum(vec v) {
-    float s = 0.f;
-    for (int i = 0; i < LANES; i++) s += v[i];
-    return s;
-}
-#endif
-
-static inline vec load(const float *p) { return *(const vec *)p; }
-
-/* exp(x) within 2 ulp for x in [-87, 88] (clamped outside), branch-free so that loops over it
- * vectorise (libm's expf does not): Cephes' polynomial, 2^n put into the exponent bits. */
-static inline float exp_approx(float x) {
-    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-    float t = x * 1.44269504f + 12582912.f; /* 1.5 * 2^23: round to nearest */
-    float n = t - 12582912.f;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    int32_t bits;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits - 0x4B400000 + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return (p * r * r + r + 1.f) * scale;
-}
-
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#include "kernels.h"
 
 /* Weights are packed in panels of PANEL floats per inner index, so a tile streams one
  * contiguous panel while each input row's value is broadcast against it (no horizontal sums):
@@ -70,7 +26,6 @@ static inline float exp_approx(float x) {
  *   gate_up [E, F / 16, d, 32]: panel j, index c: w1[e, 16j : 16j + 16, c], w2[e, 16j : 16j + 16, c]
  *   down    [E, d / 32, F, 32]: panel j, index f: w3[e, 32j : 32j + 32, f]
  * Every output element is summed in the same order (c = 0, 1, ...) whatever the tile's rows. */
-#define PANEL 32
 #define TILE 12 /* input rows per tile: 2 * TILE accumulators */
 
 /* acc0[r], acc1[r] = x[r] . panel[:, 0:16], x[r] . panel[:, 16:32] for R rows (stride ldx). */
@@ -260,41 +215,53 @@ int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *bl
     return failed ? -1 : 0;
 }
 
-/* One MoE layer: out [T, d] += sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d],
- * experts / scores [T, K] (expert -1: no expert). The (token, expert) pairs are sorted by expert
- * here (counting sort, tokens in order). Returns 0, or -1 when scratch memory ran out. */
-int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
-                      int64_t k, const float *gate_up, const float *down, float *out,
-                      int64_t experts, int64_t d, int64_t F, int threads) {
-    int64_t *offsets = calloc(experts + 2, sizeof *offsets);
-    int64_t *token = malloc((tokens * k + 1) * sizeof *token);
-    float *weight = malloc((tokens * k + 1) * sizeof *weight);
-    if (!offsets || !token || !weight) goto fail;
+int hagmoe_sort_pairs(hagmoe_pairs *s, const float *x, const int64_t *chosen, const float *scores,
+                      int64_t tokens, int64_t k, int64_t experts, int64_t d, int64_t F) {
+    memset(s, 0, sizeof *s);
+    s->offsets = calloc(experts + 2, sizeof *s->offsets);
+    s->token = malloc((tokens * k + 1) * sizeof *s->token);
+    s->weight = malloc((tokens * k + 1) * sizeof *s->weight);
+    if (!s->offsets || !s->token || !s->weight) goto fail;
+    int64_t *offsets = s->offsets;
     for (int64_t i = 0; i < tokens * k; i++)
         if (chosen[i] >= 0) offsets[chosen[i] + 2]++;
     for (int64_t e = 0; e < experts; e++) offsets[e + 2] += offsets[e + 1];
-    int64_t pairs = offsets[experts + 1]; /* offsets[e + 1]: next free slot of expert e */
-    float *xs = malloc((pairs * d + pairs * F + 1) * sizeof *xs);
-    if (!xs) goto fail;
+    s->pairs = offsets[experts + 1]; /* offsets[e + 1]: next free slot of expert e */
+    s->xs = malloc((s->pairs * d + s->pairs * F + 1) * sizeof *s->xs);
+    if (!s->xs) goto fail;
+    s->h = s->xs + s->pairs * d;
     for (int64_t i = 0; i < tokens * k; i++) {
         if (chosen[i] < 0) continue;
         int64_t p = offsets[chosen[i] + 1]++;
-        token[p] = i / k;
-        weight[p] = scores[i];
-        memcpy(xs + p * d, x + (i / k) * d, d * sizeof *xs);
+        s->token[p] = i / k;
+        s->weight[p] = scores[i];
+        memcpy(s->xs + p * d, x + (i / k) * d, d * sizeof *s->xs);
     }
-    swiglu_pairs(xs, token, weight, offsets, gate_up, down, xs + pairs * d, out, experts, d, F,
-                 threads);
-    free(xs);
-    free(offsets);
-    free(token);
-    free(weight);
     return 0;
 fail:
-    free(offsets);
-    free(token);
-    free(weight);
+    hagmoe_free_pairs(s);
     return -1;
+}
+
+void hagmoe_free_pairs(hagmoe_pairs *s) {
+    free(s->offsets);
+    free(s->token);
+    free(s->weight);
+    free(s->xs);
+    memset(s, 0, sizeof *s);
+}
+
+/* One MoE layer: out [T, d] += sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d],
+ * experts / scores [T, K] (expert -1: no expert). Returns 0, or -1 when scratch memory ran out. */
+int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
+                      int64_t k, const float *gate_up, const float *down, float *out,
+                      int64_t experts, int64_t d, int64_t F, int threads) {
+    hagmoe_pairs s;
+    if (hagmoe_sort_pairs(&s, x, chosen, scores, tokens, k, experts, d, F) != 0) return -1;
+    swiglu_pairs(s.xs, s.token, s.weight, s.offsets, gate_up, down, s.h, out, experts, d, F,
+                 threads);
+    hagmoe_free_pairs(&s);
+    return 0;
 }
 
 /* The attention router's sums for query rows r = (b, i) at positions query_pos [B, Q] over their

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
@@ -26,10 +27,13 @@ KERNEL_QUERY_KEYS = 128 * 512  # query rows x key positions of a segment's seque
 
 @dataclass(slots=True)
 class HeadMix:
-    """Attention rows averaged over the coarse and the fine heads, for one segment."""
+    """Attention rows averaged over the coarse and the fine heads, for one segment; from the
+    Triton attention they stay unmaterialised ([B, Q, 0]) and `paged` holds what the router's
+    pass over the keys computes them from."""
 
     coarse: Tensor  # [B, Q, L] a_c
     fine: Tensor  # [B, Q, L] a_f
+    paged: triton_dispatch.PagedQueries | None = None
 
 
 class Attention(nn.Module):
@@ -73,7 +77,10 @@ class Attention(nn.Module):
         for seg in ctx.segments:
             q_seg = seg.take(q)  # [B, Q, H, hd]
             cache = self._paged_cache(q_seg, ctx, layer, seg)
-            if cache is not None:
+            paged = ctx.kv_caches is not None and seg.block_table is not None
+            if triton_dispatch.attends(q_seg, paged, ctx.training is not None):
+                mix, o = self._attend_triton(q_seg, ctx, layer, seg)
+            elif cache is not None:
                 mix, o = self._attend_in_cache(q_seg, cache, seg)
             else:
                 keys = ctx.read(layer, seg, 0, kv)  # [B, L, 2*Hkv*hd]
@@ -125,6 +132,19 @@ class Attention(nn.Module):
         )
         head_mix = None if mix is None else HeadMix(mix[:, :, 0], mix[:, :, 1])  # [B, Q, L] each
         return head_mix, out
+
+    def _attend_triton(
+        self, q: Tensor, ctx: ForwardContext, layer: int, seg: Segment
+    ) -> tuple[HeadMix | None, Tensor]:
+        """q [B, Q, H, hd] through the Triton paged attention -> head mix, out [B, Q, H*hd]."""
+        coarse = self.num_coarse if self.keep_head_mix else None
+        assert ctx.kv_caches is not None and seg.block_table is not None
+        paged, out = triton_dispatch.paged_attention(
+            q, ctx.kv_caches[layer][0], seg.block_table, seg.query_pos, seg.valid,
+            seg.block_size, self.num_kv_heads, self.sliding_window, coarse,
+        )  # fmt: skip
+        none = q.new_empty(*q.shape[:2], 0)  # [B, Q, 0]
+        return (None if paged is None else HeadMix(none, none, paged)), out
 
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""

@@ -109,6 +109,11 @@ def load_model(
             "hagmoe.model.hf_import.convert.load_folder or convert it with `hagmoe import-hf`"
         )
     config = load_config(folder)
+    if "quantization" in config.extra:
+        raise CheckpointError(
+            f"{folder} is a quantised folder (`hagmoe quantize`): load it with "
+            "hagmoe.quantization.checkpoint.load_quantized, or serve it with `hagmoe serve`"
+        )
     with torch.device("meta"):
         model = HagMoEModel(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}

@@ -12,13 +12,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.packed import PackedExperts
 from hagmoe.model.config import ModelConfig
+from hagmoe.quantization.format import WeightFormat
 
 KERNEL_PAIRS_PER_EXPERT = 512  # routed pairs per expert on average; beyond, MKL's GEMMs win
 
 
 class Experts(nn.Module):
-    """N SwiGLU experts E(x) = w3 (silu(w1 x) * (w2 x)), stored stacked as in MODEL.md."""
+    """N SwiGLU experts E(x) = w3 (silu(w1 x) * (w2 x)), stored stacked as in MODEL.md, or
+    only in the kernels' packed form once `pack_in_place` dropped the parameters."""
+
+    packed: PackedExperts | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -29,33 +34,54 @@ class Experts(nn.Module):
 
     def forward(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts/scores [T, K] (-1 = none)."""
-        if self._use_kernel(x, experts):
+        if self.packed is not None:
+            if self.packed.runs(x, experts):
+                return self.packed(x, experts, scores)
+            w1, w2, w3 = self.packed.dequantize(x.dtype)
+        elif self._use_kernel(x, experts):
             panels = cpu.expert_panels(self.w1, self.w2, self.w3)
             return cpu.moe_swiglu(x, experts, scores, *panels)
+        else:
+            w1, w2, w3 = self.w1, self.w2, self.w3
+        return self._dispatch(x, experts, scores, w1, w2, w3)
+
+    @classmethod
+    def _dispatch(
+        cls, x: Tensor, experts: Tensor, scores: Tensor, w1: Tensor, w2: Tensor, w3: Tensor
+    ) -> Tensor:
+        """The torch path: pairs sorted by expert, one matmul chain per active expert."""
         valid = experts >= 0  # [T, K]
         token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
         expert = experts[valid]  # [P]
         order = torch.argsort(expert, stable=True)
         token, expert, weight = token[order], expert[order], scores[valid][order]
-        counts = torch.bincount(expert, minlength=self.w1.shape[0]).tolist()  # [N]
+        counts = torch.bincount(expert, minlength=w1.shape[0]).tolist()  # [N]
         rows = x[token].split(counts)  # per expert [count, d], sorted pairs
         y = torch.cat(
-            [
-                self._ffn(r, self.w1[e], self.w2[e], self.w3[e])
-                for e, r in enumerate(rows)
-                if r.shape[0]
-            ]
+            [cls._ffn(r, w1[e], w2[e], w3[e]) for e, r in enumerate(rows) if r.shape[0]]
         )  # [P, d]
         return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
 
     def pack_cpu_weights(self) -> None:
-        """Pack the weights for the CPU kernel now rather than on the first call."""
-        if self._kernel_shapes():
+        """Pack the weights for the CPU kernel now rather than on the first call (a copy kept
+        beside the parameters; nothing to do once packed in place)."""
+        if self.packed is None and self._kernel_shapes():
             cpu.expert_panels(self.w1, self.w2, self.w3)
+
+    def pack_in_place(self, fmt: WeightFormat) -> bool:
+        """Keep only the weights packed in `fmt` (w1, w2, w3 become None); False, and nothing
+        changes, where the kernels do not take this layer's sizes."""
+        if self.packed is not None:
+            return True
+        if not self._kernel_shapes():
+            return False
+        self.packed = PackedExperts.from_weights(self.w1, self.w2, self.w3, fmt)
+        self.w1 = self.w2 = self.w3 = None  # type: ignore[assignment]
+        return True
 
     def _kernel_shapes(self) -> bool:
         _, f, d = self.w1.shape
-        return d % cpu.PANEL == 0 and f % cpu.LANES == 0
+        return PackedExperts.fits(f, d)
 
     def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
         """The CPU kernel wins while experts see few pairs each (decode and mixed steps)."""

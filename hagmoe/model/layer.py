@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.attention import Attention
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.experts import Experts
@@ -39,6 +40,10 @@ class DecoderLayer(nn.Module):
         routing = self.router(u, mixes, ctx, self.index)
         if ctx.keeps_routing:
             ctx.routing.append(routing)
+        if triton_dispatch.moe_enabled_for(u, self.experts):
+            return h + triton_dispatch.moe(
+                u, routing.experts, routing.scores, self.experts, self.shared_expert, self.feedback
+            )
         o = self.experts(u, routing.experts, routing.scores)
         if self.shared_expert is not None:
             o = o + self.shared_expert(u)

@@ -1,6 +1,6 @@
 """Linear layers that run serving-sized float32 CPU batches on hagmoe's own kernel over packed
 weight panels, where MKL's small-M GEMM runs well below the machine's peak
-(docs/benchmarks.md)."""
+(docs/benchmarks.md); packed for serving, they hold only the panels (float32, bf16 or int8)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.packed import F32_KERNEL_ROWS, PackedLinear
+from hagmoe.quantization.format import WeightFormat
 
-KERNEL_ROWS = 128  # up to this many rows the kernel beats MKL on the CI machine
+KERNEL_ROWS = F32_KERNEL_ROWS  # up to this many rows the kernel beats MKL on the CI machine
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -26,11 +28,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) whose forward goes through `linear`."""
+    """nn.Linear (same parameters and names) whose forward goes through `linear`, or through
+    its packed weight once `pack_in_place` dropped the parameter."""
+
+    packed: PackedLinear | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed is not None:
+            return self.packed(x, self.bias)
         return linear(x, self.weight, self.bias)
 
     def pack_cpu_weights(self) -> None:
-        """Pack the weight for the CPU kernel now rather than on the first call."""
-        cpu.linear_panels(self.weight)
+        """Pack the weight for the CPU kernel now rather than on the first call (a copy kept
+        beside the parameter; nothing to do once packed in place)."""
+        if self.packed is None:
+            cpu.linear_panels(self.weight)
+
+    def pack_in_place(self, fmt: WeightFormat) -> None:
+        """Keep only the weight packed in `fmt` (the parameter `weight` becomes None)."""
+        if self.packed is None:
+            self.packed = PackedLinear.from_weight(self.weight, fmt)
+            self.weight = None  # type: ignore[assignment]

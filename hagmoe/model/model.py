@@ -6,11 +6,13 @@ Legend: B sequences, T tokens per sequence (or flat tokens of a step), d hidden 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.packed import PackedLinear
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.experts import Experts
 from hagmoe.model.forward_context import ForwardContext, TrainingOptions
@@ -29,7 +31,11 @@ class FullOutput:
 
 
 class HagMoEModel(nn.Module):
-    """Parameter names follow MODEL.md's checkpoint table exactly."""
+    """Parameter names follow MODEL.md's checkpoint table exactly. Packed for serving
+    (hagmoe.quantization.serving), `head_packed` holds the output head's weight and the head's
+    parameter (with tie_embeddings, embed.weight, looked up from the packed head) is None."""
+
+    head_packed: PackedLinear | None = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -50,7 +56,10 @@ class HagMoEModel(nn.Module):
 
     def forward(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor:
         """Flat token ids [T] of one step -> final hidden states [T, d] (before final_norm)."""
-        x = self.embed(input_ids)
+        if self.embed.weight is None and self.head_packed is not None:
+            x = self.head_packed.rows(input_ids)
+        else:
+            x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
         for layer in self.layers:
@@ -59,17 +68,20 @@ class HagMoEModel(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., d] -> logits [..., V]."""
+        if self.head_packed is not None:
+            return self.head_packed(self.final_norm(hidden))
         return linear(self.final_norm(hidden), self._head_weight)
 
     def pack_cpu_weights(self) -> None:
         """Pack every weight the float32 CPU kernels take (linears, experts, the output head)
         now, so that no request pays for it; a no-op where the kernels do not run."""
-        if not cpu.enabled_for(self._head_weight):
+        if not cpu.enabled_for(self._norm_weight):
             return
         for module in self.modules():
             if isinstance(module, (Linear, Experts)):
                 module.pack_cpu_weights()
-        cpu.linear_panels(self._head_weight)
+        if self.head_packed is None:
+            cpu.linear_panels(self._head_weight)
 
     @property
     def _head_weight(self) -> Tensor:
@@ -98,9 +110,15 @@ class HagMoEModel(nn.Module):
         return FullOutput(self.compute_logits(hidden).view(b, t, -1), ctx.routing)
 
     @property
+    def _norm_weight(self) -> Tensor:
+        """final_norm's weight: a parameter that packing for serving never drops."""
+        return cast(Tensor, self.final_norm.weight)
+
+    @property
     def device(self) -> torch.device:
-        return self.embed.weight.device
+        return self._norm_weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
+        """The activations' and cache's dtype (packed weights may be narrower)."""
+        return self._norm_weight.dtype

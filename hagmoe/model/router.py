@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.attention import HeadMix
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.forward_context import ForwardContext, Segment
@@ -85,6 +86,16 @@ class AttentionRouter(nn.Module):
         entropy = u.new_empty(t)
         divergence = u.new_empty(t) if ctx.training is not None else None
         for seg, mix in zip(ctx.segments, mixes, strict=True):
+            if mix.paged is not None:  # the Triton attention's rows (serving on CUDA)
+                assert ctx.kv_caches is not None and seg.block_table is not None
+                kv, rv_cache = ctx.kv_caches[layer]
+                z_seg, entropy_seg = triton_dispatch.route_sums(
+                    mix.paged, kv, rv_cache, seg.block_table, seg.query_pos, seg.valid,
+                    seg.block_size, g,
+                )  # fmt: skip
+                seg.put(z, z_seg)
+                seg.put(entropy, entropy_seg)
+                continue
             a_c, a_f = mix.coarse, mix.fine  # [B, Q, L]
             if divergence is not None:
                 seg.put(divergence, _kl_rows(a_c, a_f))
@@ -102,6 +113,11 @@ class AttentionRouter(nn.Module):
         cfg = self.config
         t, g, m = z.shape[0], cfg.num_groups, cfg.experts_per_group
         k_override = ctx.training.k_override if ctx.training is not None else None
+        if triton_dispatch.enabled_for(z) and ctx.training is None:
+            decided = triton_dispatch.route_decide(
+                z, entropy, ctx.positions, self.kernel_sizes, self.entropy_mean, k_override
+            )
+            return LayerRouting(*decided)
         if cpu.enabled_for(z) and ctx.training is None:
             group, experts, scores, k, norm_entropy = cpu.route_decide(
                 z, entropy, ctx.positions, self.kernel_sizes, float(self.entropy_mean), k_override

@@ -116,7 +116,7 @@ def test_decoder_input_details_match_v1_prompt_logprobs(server: ServeProcess) ->
     assert [t["id"] for t in prefill] == list(b"Hello world")
     assert prefill[0]["logprob"] is None and prefill[0]["text"] == "H"
     body = {"model": "tiny", "prompt": "Hello world", "max_tokens": 1, "prompt_logprobs": 0}
-    v1 = post(server, "/v1/completions", body).json()["prompt_logprobs"]
+    v1 = post(server, "/v1/completions", body).json()["choices"][0]["prompt_logprobs"]
     assert v1[0] is None and len(v1) == len(prefill)
     for token, entry in zip(prefill[1:], v1[1:], strict=True):
         chosen = entry[str(token["id"])]

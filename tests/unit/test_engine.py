@@ -153,10 +153,10 @@ def test_async_engine_streams_aborts_and_shuts_down(model: HagMoEModel) -> None:
     async def main() -> None:
         tokens = [
             o.new_token_ids[0]
-            async for o in engine.generate(engine.make_request([1, 2, 3], _greedy(8)))
+            async for o in engine.generate(engine.make_requests([1, 2, 3], _greedy(8))[0])
         ]
         assert len(tokens) == 8
-        stream = engine.generate(engine.make_request([4, 5, 6], _greedy(1000)))
+        stream = engine.generate(engine.make_requests([4, 5, 6], _greedy(1000))[0])
         await stream.__anext__()
         await stream.aclose()  # the client went away
         for _ in range(100):
@@ -176,7 +176,7 @@ def test_async_engine_streams_aborts_and_shuts_down(model: HagMoEModel) -> None:
 
 
 async def _collect(engine: AsyncEngine, prompt: list[int], max_tokens: int = 8) -> list[int]:
-    request = engine.make_request(prompt, _greedy(max_tokens))
+    request = engine.make_requests(prompt, _greedy(max_tokens))[0]
     return [t async for o in engine.generate(request) for t in o.new_token_ids]
 
 
@@ -188,7 +188,7 @@ def test_async_engine_deadline_ends_request(model: HagMoEModel) -> None:
 
     async def main() -> str | None:
         last = None
-        request = engine.make_request([1, 2], _greedy(100_000), deadline=time.monotonic() + 0.2)
+        request = engine.make_requests([1, 2], _greedy(100_000), deadline=time.monotonic() + 0.2)[0]
         async for out in engine.generate(request):
             last = out
         assert last is not None
@@ -222,7 +222,7 @@ def test_a_request_the_engine_thread_refuses_fails_alone(
         others = [asyncio.ensure_future(_collect(engine, [i + 1] * 4)) for i in range(3)]
         refused: BaseException | None = None
         try:
-            await _drain(engine, engine.make_request([1, 2], _greedy(8), request_id="poison"))
+            await _drain(engine, engine.make_requests([1, 2], _greedy(8), request_id="poison")[0])
         except RuntimeError as exc:
             refused = exc
         return [await first, *[await o for o in others]], refused
@@ -241,7 +241,7 @@ def test_generate_refuses_a_request_already_streaming(model: HagMoEModel) -> Non
     engine.start()
 
     async def main() -> None:
-        request = engine.make_request([7, 8, 9], _greedy(100_000))
+        request = engine.make_requests([7, 8, 9], _greedy(100_000))[0]
         running = asyncio.ensure_future(_drain(engine, request))
         while not engine.core.scheduler.requests:
             await asyncio.sleep(0.01)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.errors import ConfigError
 from hagmoe.model import HagMoEModel, named_config, random_model
@@ -43,10 +44,13 @@ def test_priority_policy_runs_requests_by_priority_then_arrival(
     assert _finish_order(core) == want
 
 
-def test_fcfs_ignores_priority(model: HagMoEModel) -> None:
+def test_fcfs_refuses_a_priority_by_name(model: HagMoEModel) -> None:
+    """As vLLM: a priority the policy would ignore is an error, not a silent no-op."""
     core = EngineCore(model, None, EngineConfig(max_num_seqs=1))
-    for i, priority in enumerate([3, 1, 2]):
-        core.add_request(f"r{i}", [1, 2, 3], PARAMS, priority=priority)
+    with pytest.raises(InvalidRequestError, match="priority"):
+        core.add_request("r0", [1, 2, 3], PARAMS, priority=3)
+    for i in range(3):
+        core.add_request(f"r{i}", [1, 2, 3], PARAMS, priority=0)
     assert _finish_order(core) == ["r0", "r1", "r2"]
 
 

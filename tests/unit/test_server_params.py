@@ -12,8 +12,9 @@ from server.limits import Limits
 from server.openai_schemas import ChatCompletionRequest, CompletionRequest
 from server.params import (
     chat_sampling,
-    completion_prompt,
+    completion_prompts,
     completion_sampling,
+    num_sequences,
     tgi_sampling,
     truncate_prompt,
 )
@@ -115,8 +116,6 @@ def test_openai_fields() -> None:
 @pytest.mark.parametrize(
     ("make", "param"),
     [
-        (lambda: completion(n=2), "n"),
-        (lambda: completion(best_of=3), "best_of"),
         (lambda: completion(suffix="s"), "suffix"),
         (lambda: completion(logit_bias={"a": 2.0}), "logit_bias"),
         (lambda: completion(bad_words=["x"]), "bad_words"),
@@ -190,11 +189,37 @@ def test_several_structured_output_fields_are_refused_by_name() -> None:
 
 
 def test_completion_prompt_forms() -> None:
-    assert completion_prompt("hi") == "hi"
-    assert completion_prompt([1, 2]) == [1, 2]
-    assert completion_prompt(["hi"]) == "hi"
-    assert completion_prompt([[1, 2]]) == [1, 2]
-    with pytest.raises(InvalidInput, match="one prompt per request"):
-        completion_prompt(["a", "b"])
+    assert completion_prompts("hi") == ["hi"]
+    assert completion_prompts([1, 2]) == [[1, 2]]
+    assert completion_prompts(["hi", "yo"]) == ["hi", "yo"]
+    assert completion_prompts([[1, 2], [3]]) == [[1, 2], [3]]
     with pytest.raises(InvalidInput, match="empty"):
-        completion_prompt([])
+        completion_prompts([])
+
+
+def test_n_and_best_of() -> None:
+    assert num_sequences(CompletionRequest(prompt="x", n=2)) == 2
+    assert num_sequences(CompletionRequest(prompt="x", n=2), 5) == 5
+    with pytest.raises(InvalidInput, match="best_of: must be >= n=3"):
+        num_sequences(CompletionRequest(prompt="x", n=3), 2)
+    with pytest.raises(InvalidInput, match="cannot be streamed"):
+        num_sequences(CompletionRequest(prompt="x", stream=True), 2)
+    ranked = completion_sampling(CompletionRequest(prompt="x", best_of=3), 1, LIMITS)
+    assert ranked.logprobs == 0  # best_of ranks by the chosen tokens' logprobs
+
+
+def test_max_tokens_zero_needs_echo() -> None:
+    with pytest.raises(InvalidInput, match="max_tokens: 0 needs echo"):
+        completion_sampling(CompletionRequest(prompt="x", max_tokens=0), 1, LIMITS)
+    params = completion_sampling(CompletionRequest(prompt="x", max_tokens=0, echo=True), 1, LIMITS)
+    assert params.max_new_tokens == 1
+
+
+def test_tgi_best_of_follows_tgi_rules() -> None:
+    with pytest.raises(InvalidInput, match="best_of: needs sampling"):
+        tgi_sampling(TgiParameters(best_of=2), 1, LIMITS)
+    with pytest.raises(InvalidInput, match="seed: must not be set"):
+        tgi_sampling(TgiParameters(best_of=2, do_sample=True, seed=1), 1, LIMITS)
+    with pytest.raises(InvalidInput, match="cannot be streamed"):
+        tgi_sampling(TgiParameters(best_of=2, do_sample=True), 1, LIMITS, stream=True)
+    assert tgi_sampling(TgiParameters(best_of=2, do_sample=True), 1, LIMITS).logprobs == 0

@@ -44,19 +44,22 @@ class FakeEngine:
     def model_info(self) -> ModelInfo:
         return INFO
 
-    def make_request(
+    def make_requests(
         self,
         prompt: list[int],
         params: SamplingParams,
+        n: int = 1,
         request_id: str | None = None,
         deadline: float | None = None,
-    ) -> Request:
+        priority: int = 0,
+    ) -> list[Request]:
         if self.dead:
             raise EngineDeadError("the engine is not running")
         params.validate(INFO.vocab_size)
         if not prompt:
             raise InvalidRequestError("prompt", "must hold at least one token")
-        return Request(request_id or "r", prompt, params, None, deadline=deadline)
+        rid = request_id or "r"
+        return [Request(f"{rid}-{i}", prompt, params, None, deadline=deadline) for i in range(n)]
 
     def abort(self, request_id: str) -> None:
         raise AssertionError("the service aborts by closing the iterator")

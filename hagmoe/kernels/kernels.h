@@ -1,0 +1,65 @@
+/* What the CPU kernel sources share: the vector type, loads, the exponential, the panel and tile
+ * sizes, and the (token, expert) pair sort of the MoE kernels. Legend as in cpu_kernels.c. */
+#ifndef HAGMOE_KERNELS_H
+#define HAGMOE_KERNELS_H
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 16
+#define PANEL 32
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline float hsum(vec v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
+static inline float hsum(vec v) {
+    float s = 0.f;
+    for (int i = 0; i < LANES; i++) s += v[i];
+    return s;
+}
+#endif
+
+static inline vec load(const float *p) { return *(const vec *)p; }
+
+/* exp(x) within 2 ulp for x in [-87, 88] (clamped outside), branch-free so that loops over it
+ * vectorise (libm's expf does not): Cephes' polynomial, 2^n put into the exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+    float t = x * 1.44269504f + 12582912.f; /* 1.5 * 2^23: round to nearest */
+    float n = t - 12582912.f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000 + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return (p * r * r + r + 1.f) * scale;
+}
+
+/* The routed (token, expert) pairs of one MoE call sorted by expert (counting sort, tokens in
+ * order): offsets [E + 1] delimit each expert's pairs, token / weight [P] each pair's token and
+ * score, xs [P, d] its token's row, h [P, F] scratch after xs. */
+typedef struct {
+    int64_t *offsets, *token, pairs;
+    float *weight, *xs, *h;
+} hagmoe_pairs;
+
+/* Fills `s` from chosen / scores [T, K] (expert -1: none); 0, or -1 when memory ran out (then
+ * nothing is left to free). */
+int hagmoe_sort_pairs(hagmoe_pairs *s, const float *x, const int64_t *chosen, const float *scores,
+                      int64_t tokens, int64_t k, int64_t experts, int64_t d, int64_t F);
+void hagmoe_free_pairs(hagmoe_pairs *s);
+
+#endif

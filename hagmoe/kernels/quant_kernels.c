@@ -1,0 +1,189 @@
+/* Weight-only bfloat16 and int8 CPU kernels: the dense linear and the MoE SwiGLU experts of
+ * cpu_kernels.c over panels of 16-bit or 8-bit weights. Activations and accumulation stay in
+ * float32: a tile widens each panel row to float32 in registers (bf16: the 16 bits moved into the
+ * high half; int8: sign-extended, converted and multiplied by its group's scale) and then runs
+ * the float32 kernel's FMAs. The instruction set is the compiler's choice for the build flags
+ * (-march=native, or x86-64-v3 when the AVX2 path is forced); nothing here rounds activations to
+ * bf16 or int8, so AVX-512 BF16 dot products and VNNI are not used.
+ *
+ * Panels as in cpu_kernels.c, element type by format (WEIGHT_BF16: uint16 bf16 bits,
+ * WEIGHT_INT8: int8), with int8 scales (float32, or bf16 bits when scale_bf16) per output column
+ * and per group of `group` inner indices (the last group of a row may be shorter):
+ *   linear   panels [ceil(n / 32), k, 32]      scales [ceil(n / 32), ceil(k / group), 32]
+ *   gate_up  [E, F / 16, d, 32]                scales [E, F / 16, ceil(d / group), 32]
+ *   down     [E, d / 32, F, 32]                scales [E, d / 32, ceil(F / group), 32]
+ * int8 weight w = q * scale; every output element is summed in the same order whatever the other
+ * rows are (batch-invariant). Legend as in cpu_kernels.c.
+ */
+#include "kernels.h"
+
+#define WEIGHT_BF16 1
+#define WEIGHT_INT8 2
+
+#ifdef __AVX512F__
+#define QTILE 12 /* 24 accumulators in 32 zmm registers */
+#else
+#define QTILE 4 /* 16 ymm registers: 8 two-register accumulators, little spilling */
+#endif
+
+typedef uint16_t u16v __attribute__((vector_size(LANES * 2), aligned(2)));
+typedef uint32_t u32v __attribute__((vector_size(LANES * 4), aligned(4)));
+typedef int8_t i8v __attribute__((vector_size(LANES), aligned(1)));
+
+/* The format's view of one weight matrix: its panels, int8 scales and group size. */
+typedef struct {
+    const void *panels, *scales;
+    int64_t group;
+    int fmt, scale_bf16;
+} qweights;
+
+ALWAYS_INLINE vec bf16_load(const uint16_t *p) {
+    return (vec)(__builtin_convertvector(*(const u16v *)p, u32v) << 16);
+}
+
+ALWAYS_INLINE vec i8_load(const int8_t *p) {
+    return __builtin_convertvector(*(const i8v *)p, vec);
+}
+
+ALWAYS_INLINE vec scale_load(const void *scales, int scale_bf16, int64_t index) {
+    return scale_bf16 ? bf16_load((const uint16_t *)scales + index)
+                      : load((const float *)scales + index);
+}
+
+/* acc0[r], acc1[r] = x[r] . w[:, 0:16], x[r] . w[:, 16:32] for R rows (stride ldx) of one panel
+ * (k inner indices; scales: that panel's [ceil(k / group), 32]). */
+ALWAYS_INLINE void qtile(int R, const float *x, int64_t ldx, const void *panel,
+                         const void *scales, int64_t k, const qweights *w, vec *acc0,
+                         vec *acc1) {
+    vec a0[QTILE] = {0}, a1[QTILE] = {0};
+    if (w->fmt == WEIGHT_BF16) {
+        const uint16_t *p = panel;
+        for (int64_t c = 0; c < k; c++) {
+            vec p0 = bf16_load(p + c * PANEL), p1 = bf16_load(p + c * PANEL + LANES);
+            for (int r = 0; r < R; r++) {
+                float xv = x[r * ldx + c];
+                a0[r] += xv * p0;
+                a1[r] += xv * p1;
+            }
+        }
+    } else {
+        const int8_t *p = panel;
+        for (int64_t g = 0; g * w->group < k; g++) {
+            vec s0 = scale_load(scales, w->scale_bf16, g * PANEL);
+            vec s1 = scale_load(scales, w->scale_bf16, g * PANEL + LANES);
+            int64_t end = (g + 1) * w->group < k ? (g + 1) * w->group : k;
+            for (int64_t c = g * w->group; c < end; c++) {
+                vec p0 = i8_load(p + c * PANEL) * s0, p1 = i8_load(p + c * PANEL + LANES) * s1;
+                for (int r = 0; r < R; r++) {
+                    float xv = x[r * ldx + c];
+                    a0[r] += xv * p0;
+                    a1[r] += xv * p1;
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        acc0[r] = a0[r];
+        acc1[r] = a1[r];
+    }
+}
+
+/* qtile on panel `j` of a weight whose panels each hold `k` inner indices. */
+static void qtile_any(int rows, const float *x, int64_t ldx, const qweights *w, int64_t j,
+                      int64_t k, vec *acc0, vec *acc1) {
+    int64_t wsize = w->fmt == WEIGHT_BF16 ? 2 : 1, ssize = w->scale_bf16 ? 2 : 4;
+    int64_t groups = w->fmt == WEIGHT_INT8 ? (k + w->group - 1) / w->group : 0;
+    const char *panel = (const char *)w->panels + j * k * PANEL * wsize;
+    const char *scales = w->scales ? (const char *)w->scales + j * groups * PANEL * ssize : NULL;
+    switch (rows) {
+#define QTILE_CASE(R)                                                                              \
+    case R: qtile(R, x, ldx, panel, scales, k, w, acc0, acc1); break;
+        QTILE_CASE(1) QTILE_CASE(2) QTILE_CASE(3)
+#if QTILE > 4
+        QTILE_CASE(4) QTILE_CASE(5) QTILE_CASE(6) QTILE_CASE(7) QTILE_CASE(8) QTILE_CASE(9)
+        QTILE_CASE(10) QTILE_CASE(11)
+#endif
+    default: qtile(QTILE, x, ldx, panel, scales, k, w, acc0, acc1);
+#undef QTILE_CASE
+    }
+}
+
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in bf16 or int8 panels. */
+void hagmoe_linear_q(const float *x, const void *panels, const void *scales, const float *bias,
+                     float *out, int64_t m, int64_t k, int64_t n, int64_t group, int fmt,
+                     int scale_bf16, int threads) {
+    qweights w = {panels, scales, group, fmt, scale_bf16};
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t j = 0; j < (n + PANEL - 1) / PANEL; j++) {
+        vec y[2][QTILE];
+        int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
+        for (int64_t i = 0; i < m; i += QTILE) {
+            int rows = m - i < QTILE ? (int)(m - i) : QTILE;
+            qtile_any(rows, x + i * k, k, &w, j, k, y[0], y[1]);
+            for (int r = 0; r < rows; r++) {
+                float *dst = out + (i + r) * n + j * PANEL;
+                for (int64_t c = 0; c < cols; c++)
+                    dst[c] = y[c / LANES][r][c % LANES] + (bias ? bias[j * PANEL + c] : 0.f);
+            }
+        }
+    }
+}
+
+/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert. */
+static void gate_up_qpanel(const hagmoe_pairs *s, const qweights *w, int64_t experts, int64_t d,
+                           int64_t F, int64_t j) {
+    vec g[QTILE], u[QTILE];
+    for (int64_t e = 0; e < experts; e++) {
+        for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
+            int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+            qtile_any(rows, s->xs + p * d, d, w, e * (F / LANES) + j, d, g, u);
+            for (int r = 0; r < rows; r++) {
+                float *dst = s->h + (p + r) * F + j * LANES;
+                for (int i = 0; i < LANES; i++)
+                    dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+            }
+        }
+    }
+}
+
+/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32]. */
+static void down_qpanel(const hagmoe_pairs *s, const qweights *w, float *out, int64_t experts,
+                        int64_t d, int64_t F, int64_t j) {
+    vec y0[QTILE], y1[QTILE];
+    for (int64_t e = 0; e < experts; e++) {
+        for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
+            int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+            qtile_any(rows, s->h + p * F, F, w, e * (d / PANEL) + j, F, y0, y1);
+            for (int r = 0; r < rows; r++) {
+                float *dst = out + s->token[p + r] * d + j * PANEL, wt = s->weight[p + r];
+                *(vec *)dst = load(dst) + wt * y0[r];
+                *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1[r];
+            }
+        }
+    }
+}
+
+/* hagmoe_moe_swiglu over bf16 or int8 panels (gate_up / down with their scales, NULL for bf16;
+ * int8 groups of group_d inner indices for gate_up, of group_F for down):
+ * out [T, d] += sum_k scores[t, k] * E_{experts[t, k]}(x[t]). Returns 0, or -1 when scratch
+ * memory ran out. */
+int hagmoe_moe_swiglu_q(const float *x, const int64_t *chosen, const float *scores,
+                        int64_t tokens, int64_t k, const void *gate_up, const void *gate_up_scales,
+                        const void *down, const void *down_scales, float *out, int64_t experts,
+                        int64_t d, int64_t F, int64_t group_d, int64_t group_F, int fmt,
+                        int scale_bf16, int threads) {
+    hagmoe_pairs s;
+    if (hagmoe_sort_pairs(&s, x, chosen, scores, tokens, k, experts, d, F) != 0) return -1;
+    qweights wg = {gate_up, gate_up_scales, group_d, fmt, scale_bf16};
+    qweights wd = {down, down_scales, group_F, fmt, scale_bf16};
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t j = 0; j < F / LANES; j++) gate_up_qpanel(&s, &wg, experts, d, F, j);
+        /* implicit barrier: all of h is ready */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t j = 0; j < d / PANEL; j++) down_qpanel(&s, &wd, out, experts, d, F, j);
+    }
+    hagmoe_free_pairs(&s);
+    return 0;
+}
