@@ -1,4 +1,5 @@
-"""Real `hagmoe serve` processes on loopback ports, over a tiny random model saved here."""
+"""Real `hagmoe serve` processes on loopback ports, over a tiny random model saved here, and one
+over the bundled model (its tokenizer is what grammars and lm-eval need)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 import pytest
 from live_server import KEYS, launch_server, save_tiny_model
 
+import hagmoe
 from loadtests.server_process import ServeProcess
+
+BUNDLED_NAME = "bundled"  # the bundled server's --served-model-name
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +76,16 @@ def cut(launched: dict[str, ServeProcess]) -> ServeProcess:
     """A server whose 0.1 s drain timeout expires, for the one test that sends it SIGTERM."""
     launched["cut"].wait_ready()
     return launched["cut"]
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """`hagmoe serve` on the bundled model, served as BUNDLED_NAME."""
+    log = tmp_path_factory.mktemp("bundled") / "serve.log"
+    folder = Path(hagmoe.__file__).parent / "assets"
+    server = launch_server(folder, log, "--served-model-name", BUNDLED_NAME)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lm_eval
 import pytest
-from live_server import launch_server
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from lm_eval.tasks import TaskManager
 
@@ -50,17 +48,6 @@ DOCS = [
     {"context": "The lady doth protest too much,", "target": " methinks."},
     {"context": "The king said to the queen", "target": ","},  # the model's own argmax
 ]
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    log = tmp_path_factory.mktemp("lm-eval-serve") / "serve.log"
-    server = launch_server(FOLDER, log, "--served-model-name", MODEL)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import openai
 import pytest
-from live_server import launch_server
 
-import hagmoe
 from loadtests.server_process import ServeProcess
 
 MODEL = "bundled"
@@ -49,18 +45,6 @@ SCHEMAS = {
     ),
     "pattern": closed({"code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"}}, ["code"]),
 }
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    log = tmp_path_factory.mktemp("bundled") / "serve.log"
-    folder = Path(hagmoe.__file__).parent / "assets"
-    server = launch_server(folder, log, "--served-model-name", MODEL)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
