@@ -120,7 +120,7 @@ class Settings:
             enable_prefix_caching=not args.no_prefix_caching,
             scheduling_policy=args.scheduling_policy,
             dtype=args.dtype,
-            quantization=getattr(args, "quantization", "none"),
+            quantization=args.quantization,
             device=args.device,
             threads=args.threads,
             log_level=args.log_level,

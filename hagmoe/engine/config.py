@@ -99,6 +99,7 @@ class EngineSettings(Protocol):
     enable_prefix_caching: bool
     device: str
     dtype: str
+    quantization: str
     threads: int | None
 
 
@@ -116,6 +117,6 @@ def engine_config(settings: EngineSettings, **overrides: Any) -> EngineConfig:
         enable_prefix_caching=settings.enable_prefix_caching,
         device=settings.device,
         dtype=settings.dtype,
-        quantization=getattr(settings, "quantization", "none"),
+        quantization=settings.quantization,
     )
     return dataclasses.replace(config, **overrides)
