@@ -12,6 +12,7 @@ import torch
 
 from hagmoe.analysis.cli import add_analyze_parser
 from hagmoe.engine.config import DTYPES, engine_config
+from hagmoe.engine.memory import DEFAULT_MEMORY_UTILIZATION
 from hagmoe.evaluation.cli import add_eval_parser
 from hagmoe.model.hf_import.cli import add_import_parser
 from hagmoe.onnx.cli import add_export_parser
@@ -33,6 +34,19 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--num-blocks", type=int, default=None, help="KV cache size in blocks")
     g.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size in bytes")
+    g.add_argument(
+        "--memory-utilization",
+        type=float,
+        default=DEFAULT_MEMORY_UTILIZATION,
+        help="share of the memory free after the weights that the KV cache may take",
+    )
+    g.add_argument(
+        "--available-memory-bytes",
+        type=int,
+        default=None,
+        help="bytes free after the weights, instead of measuring them",
+    )
+    g.add_argument("--max-model-len", type=int, default=None, help="default: the model's")
     g.add_argument("--max-num-seqs", type=int, default=64, help="bench: the concurrency")
     g.add_argument("--max-num-batched-tokens", type=int, default=512)
     g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import jinja2
+from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidInput
@@ -34,8 +35,10 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise
         try:
             self._template = env.from_string(self.source)
+            variables = meta.find_undeclared_variables(env.parse(self.source))
         except jinja2.TemplateError as exc:
             raise SettingsError(f"the tokenizer's chat template does not compile: {exc}") from exc
+        self.has_tools = "tools" in variables  # it renders `tools` (else: tool_prompt's Hermes)
         self._specials = {"bos_token": bos_token, "eos_token": eos_token}
 
     def render(
@@ -44,10 +47,12 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """The prompt text of a conversation. `continue_final_message`: the text ends inside
         the last (assistant) message, for the model to go on with it; `template_kwargs`: more
-        variables for the template (not the reserved ones)."""
+        variables for the template (not the reserved ones); `tools`: the template's `tools`
+        (HF's format; unset when None)."""
         if not messages:
             raise InvalidInput("messages: must hold at least one message", "messages")
         for i, message in enumerate(messages):
@@ -60,7 +65,9 @@ class ChatTemplate:
                 "continue_final_message",
             )
         extra = template_kwargs or {}
-        reserved = sorted(set(extra) & {"messages", "add_generation_prompt", *self._specials})
+        fixed = {"messages", "add_generation_prompt", *self._specials}
+        fixed |= {"tools"} if tools is not None else set()
+        reserved = sorted(set(extra) & fixed)
         if reserved:
             raise InvalidInput(
                 f"chat_template_kwargs: {', '.join(reserved)} cannot be overridden",
@@ -69,6 +76,7 @@ class ChatTemplate:
         try:
             text = self._template.render(
                 **extra,
+                **({"tools": tools} if tools is not None else {}),
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 **self._specials,

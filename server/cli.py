@@ -9,8 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hagmoe.engine.config import DTYPES, SCHEDULING_POLICIES
+from hagmoe.engine.memory import DEFAULT_MEMORY_UTILIZATION
 from hagmoe.quantization.format import QUANTIZATIONS
 from server.settings import BUNDLED_MODEL, Settings, SettingsError
+from server.tool_calls import PARSERS
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 TRUE = ("1", "true", "yes", "on")
@@ -63,6 +65,13 @@ def _server_flags(g: argparse._ArgumentGroup) -> None:
     _flag(g, "--model", str(BUNDLED_MODEL), "model folder (config.json, weights, tokenizer)")
     _flag(g, "--served-model-name", None, "model name in /v1 and /info (default: folder name)")
     _flag(g, "--chat-template", None, "Jinja chat template: a file, or the template itself")
+    _flag(
+        g,
+        "--tool-call-parser",
+        None,
+        "read tool calls from generated text (tool_choice auto): hermes",
+        choices=list(PARSERS),
+    )
     _flag(g, "--host", "0.0.0.0", "REST bind address (gRPC binds the same host)")
     _flag(g, "--port", 8000, "REST port", type=int)
     _flag(g, "--grpc-port", 50051, "gRPC port; 0 disables gRPC", type=int)
@@ -104,6 +113,22 @@ def _engine_flags(g: argparse._ArgumentGroup) -> None:
     _flag(g, "--block-size", 16, "KV cache block size in tokens", type=int)
     _flag(g, "--num-blocks", None, "KV cache size in blocks", type=_optional_int)
     _flag(g, "--kv-cache-bytes", None, "KV cache size in bytes (wins over --num-blocks)", type=int)
+    _flag(
+        g,
+        "--memory-utilization",
+        DEFAULT_MEMORY_UTILIZATION,
+        "share of the memory free after the weights that the KV cache may take; the default "
+        "cache is what it holds, at most max-num-seqs full sequences (docs/operations.md)",
+        type=float,
+    )
+    _flag(
+        g,
+        "--available-memory-bytes",
+        None,
+        "bytes free after the weights, instead of measuring them (MemAvailable, cgroup, CUDA)",
+        type=_optional_int,
+    )
+    _flag(g, "--max-model-len", None, "longest sequence (default: the model's)", type=_optional_int)
     _flag(g, "--max-num-seqs", 64, "sequences the engine batches", type=int)
     _flag(g, "--max-num-batched-tokens", 512, "tokens per engine step", type=int)
     _flag(

@@ -5,10 +5,19 @@ from __future__ import annotations
 from hagmoe.engine.client import ModelInfo
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.engine.structured_output import StructuredOutputs
 from server._generated import generation_pb2 as pb
 from server.errors import InvalidInput
 from server.generation import Finish, GeneratedToken, Generation, finish_of, tokens_of
 from server.limits import Limits
+from server.openai_schemas import MAX_N
+from server.params import (
+    Encode,
+    bad_words_ids,
+    reject_streamed_prompt_logprobs,
+    truncate_prompt,
+    vllm_structured,
+)
 from server.token_view import TokenView
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -26,15 +35,29 @@ OPTIONAL_FIELDS = (
     "typical_p",
     "repetition_penalty",
     "seed",
+    "min_p",
+    "prompt_logprobs",
 )
 
 
-def sampling_params(p: pb.SamplingParameters, num_input: int, limits: Limits) -> SamplingParams:
-    """Unset optional fields take the documented defaults (greedy, 64 tokens at most)."""
+def sampling_params(
+    p: pb.SamplingParameters,
+    num_input: int,
+    limits: Limits,
+    encode: Encode | None = None,
+    stream: bool = False,
+) -> SamplingParams:
+    """Unset optional fields take the documented defaults (greedy, 64 tokens at most); the
+    engine validates the values (INVALID_ARGUMENT naming the field)."""
     fields = {name: getattr(p, name) for name in OPTIONAL_FIELDS if p.HasField(name)}
     fields.setdefault("temperature", 0.0)
     fields.setdefault("max_new_tokens", min(DEFAULT_MAX_NEW_TOKENS, limits.room(num_input)))
+    reject_streamed_prompt_logprobs(stream, fields.get("prompt_logprobs"))
     return SamplingParams(
+        logit_bias=dict(p.logit_bias),
+        allowed_token_ids=list(p.allowed_token_ids),
+        bad_words_token_ids=bad_words_ids(list(p.bad_words), encode) or [],
+        structured_outputs=structured_outputs(p),
         min_new_tokens=p.min_new_tokens,
         top_k=p.top_k,
         frequency_penalty=p.frequency_penalty,
@@ -46,6 +69,33 @@ def sampling_params(p: pb.SamplingParameters, num_input: int, limits: Limits) ->
         return_routing=p.return_routing,
         **fields,
     )
+
+
+def structured_outputs(p: pb.SamplingParameters) -> StructuredOutputs | None:
+    if not p.HasField("structured_outputs"):
+        return None
+    so = p.structured_outputs
+    return vllm_structured(
+        json=so.json if so.HasField("json") else None,
+        json_object=so.json_object,
+        regex=so.regex if so.HasField("regex") else None,
+        choice=list(so.choice),
+        grammar=so.grammar if so.HasField("grammar") else None,
+    )
+
+
+def num_sequences(p: pb.SamplingParameters) -> int:
+    """n: 1 when unset, else in [1, MAX_N]."""
+    if not p.HasField("n"):
+        return 1
+    if not 1 <= p.n <= MAX_N:
+        raise InvalidInput(f"n: must lie in [1, {MAX_N}], got {p.n}", "n")
+    return p.n
+
+
+def truncated(ids: list[int], p: pb.SamplingParameters) -> list[int]:
+    keep = p.truncate_prompt_tokens if p.HasField("truncate_prompt_tokens") else None
+    return truncate_prompt(ids, keep, "truncate_prompt_tokens")
 
 
 def prompt_source(request: pb.GenerateRequest) -> str | list[int]:
@@ -82,25 +132,52 @@ def usage(prompt: int, completion: int, cached: int) -> pb.Usage:
     return pb.Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
-def response(view: TokenView, done: Generation) -> pb.GenerateResponse:
-    return pb.GenerateResponse(
-        request_id=done.request_id,
+def sequence(view: TokenView, index: int, done: Generation) -> pb.Sequence:
+    return pb.Sequence(
+        index=index,
         text=done.text,
         tokens=[token(view, t) for t in done.tokens],
         finish_reason=_finish(done.finish),
         stop_sequence=done.stop_sequence or "",
-        usage=usage(done.num_prompt_tokens, len(done.tokens), done.num_cached_tokens),
     )
 
 
+def response(
+    view: TokenView,
+    done: list[Generation],
+    prompt_ids: list[int] | None = None,
+    prompt_logprobs: int | None = None,
+) -> pb.GenerateResponse:
+    """The first sequence in the top-level fields (as before n existed); with n > 1 every
+    sequence in `sequences`; the prompt's tokens when prompt_logprobs was asked for."""
+    first = done[0]
+    message = pb.GenerateResponse(
+        request_id=first.request_id,
+        text=first.text,
+        tokens=[token(view, t) for t in first.tokens],
+        finish_reason=_finish(first.finish),
+        stop_sequence=first.stop_sequence or "",
+        usage=usage(
+            first.num_prompt_tokens, sum(len(g.tokens) for g in done), first.num_cached_tokens
+        ),
+    )
+    if len(done) > 1:
+        message.sequences.extend(sequence(view, i, g) for i, g in enumerate(done))
+    if prompt_logprobs is not None and prompt_ids is not None:
+        prompt = view.prompt_tokens(prompt_ids, first.prompt_logprobs, prompt_logprobs)
+        message.prompt_tokens.extend(token(view, t) for t in prompt)
+    return message
+
+
 def stream_message(
-    view: TokenView, out: RequestOutput, request_id: str
+    view: TokenView, out: RequestOutput, request_id: str, index: int = 0
 ) -> pb.GenerateStreamResponse:
     message = pb.GenerateStreamResponse(
         request_id=request_id,
         text=out.new_text,
         tokens=[token(view, t) for t in tokens_of(out)],
         finished=out.finished,
+        index=index,
     )
     if out.finished:
         reason, stop = finish_of(out)

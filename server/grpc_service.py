@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import cast
 
 import grpc
 
+from hagmoe.engine.outputs import RequestOutput
 from server import grpc_convert as convert
 from server import request_context
 from server._generated import generation_pb2 as pb
 from server._generated import generation_pb2_grpc as pb_grpc
 from server.errors import DeadlineExceeded, Overloaded, to_service_error
 from server.server_context import ServerContext
-from server.service import GenerationCall
+from server.service import GenerationCall, interleave
 
 logger = logging.getLogger("hagmoe.grpc")
 access_log = logging.getLogger("hagmoe.access")
@@ -64,39 +66,52 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             )
 
     async def _call(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, rid: str
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        stream: bool,
     ) -> GenerationCall:
         source = convert.prompt_source(request)
         if isinstance(source, str):
             ids = await self.ctx.encode_prompt(source, "text")
         else:
             ids = source
-        params = convert.sampling_params(request.parameters, len(ids), self.ctx.limits)
+        p = request.parameters
+        ids = convert.truncated(ids, p)
+        n = convert.num_sequences(p)
+        params = convert.sampling_params(p, len(ids), self.ctx.limits, self.ctx.encode, stream)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("the deadline had passed when the request arrived")
-        return GenerationCall(ids, params, request.request_id or rid, remaining)
+        return GenerationCall(
+            ids, params, request.request_id or rid, remaining, n, request.priority
+        )
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         async with self._rpc(context, "grpc.Generate") as rid:
-            call = await self._call(request, context, rid)
-            done = await self.ctx.service.complete(call)
-            return convert.response(self.ctx.view, done)
+            call = await self._call(request, context, rid, stream=False)
+            done = await self.ctx.service.complete_all([call])
+            top = call.params.prompt_logprobs
+            return convert.response(self.ctx.view, done, call.prompt_ids, top)
         raise AssertionError("unreachable: _rpc aborts on error")
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         async with self._rpc(context, "grpc.GenerateStream") as rid:
-            call = await self._call(request, context, rid)
-            stream = await self.ctx.service.open(call)
+            call = await self._call(request, context, rid, stream=True)
+            streams = await self.ctx.service.open_all([call])
+            outputs = cast(AsyncGenerator[tuple[int, RequestOutput], None], interleave(streams))
             try:
-                async for out in stream:
-                    yield convert.stream_message(self.ctx.view, out, call.request_id)
+                async with aclosing(outputs):
+                    async for i, out in outputs:
+                        yield convert.stream_message(self.ctx.view, out, call.request_id, i)
             finally:
-                stream.close()
+                for stream in streams:
+                    stream.close()
 
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext

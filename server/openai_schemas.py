@@ -20,6 +20,12 @@ from server.tgi_schemas import (
     RoutingEntry,
     TokenId,
 )
+from server.tool_schemas import (
+    MessageToolCall,
+    ResponseToolCall,
+    ToolChoice,
+    Tools,
+)
 
 PromptIds = Annotated[list[TokenId], Field(min_length=1)]
 MAX_N = 128  # n and best_of
@@ -205,9 +211,15 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = STRICT_FORBID
 
-    role: str = Field(description="system, user, assistant (or any role the template knows).")
+    role: str = Field(description="system, user, assistant, tool (or any role the template knows).")
     content: str | list[ContentPart] | None = Field(default=None, description="Text or text parts.")
     name: str | None = Field(default=None, description="Ignored.")
+    tool_calls: list[MessageToolCall] | None = Field(
+        default=None, description="An assistant message's calls (its content may be null)."
+    )
+    tool_call_id: str | None = Field(
+        default=None, description="A tool message: the id of the call it answers."
+    )
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -222,8 +234,16 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(
         default=None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token (0..20)."
     )
-    tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Not supported when non-empty."
+    tools: Tools | None = Field(
+        default=None, description="Functions the model may call (at most 128)."
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="none, auto (needs --tool-call-parser), required, or "
+        "{type: function, function: {name}}; default: auto with tools, else none.",
+    )
+    parallel_tool_calls: bool = Field(
+        default=True, description="false: at most one tool call per choice."
     )
     add_generation_prompt: bool = Field(
         default=True, description="vLLM: end with the assistant's turn."
@@ -310,15 +330,18 @@ class ChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = Field(default="assistant", description="Always assistant.")
-    content: str | None = Field(default=None, description="The answer.")
+    content: str | None = Field(default=None, description="The answer (null: only calls).")
+    tool_calls: list[ResponseToolCall] | None = Field(
+        default=None, description="The tools the model called."
+    )
 
 
 class ChatChoice(BaseModel):
     index: int = Field(description="The choice, 0..n-1.")
     message: AssistantMessage = Field(description="The answer (`delta` in stream chunks).")
     logprobs: ChoiceLogprobs | None = Field(default=None, description="With `logprobs`.")
-    finish_reason: Literal["stop", "length"] | None = Field(
-        description="stop (EOS or stop string), length, or null while streaming."
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = Field(
+        description="stop (EOS or stop string), length, tool_calls, or null while streaming."
     )
     routing: list[list[RoutingEntry]] | None = Field(default=None, description=ROUTING_DOC)
 

@@ -108,16 +108,28 @@ def _response_format(fmt: ResponseFormat | None) -> StructuredOutputs | None:
     return StructuredOutputs(json=fmt.json_schema.json_schema)
 
 
+def vllm_structured(
+    json: dict[str, Any] | str | None = None,
+    json_object: bool | None = None,
+    regex: str | None = None,
+    choice: list[str] | None = None,
+    grammar: str | None = None,
+) -> StructuredOutputs:
+    """vLLM's structured_outputs shape (REST's object, gRPC's message); the engine refuses
+    one with no field or several set, naming `structured_outputs`."""
+    return StructuredOutputs(
+        json=json,
+        json_object=bool(json_object),
+        regex=regex,
+        choice=tuple(choice or ()),
+        grammar=grammar,
+    )
+
+
 def _vllm_structured(so: StructuredOutputsFields | None) -> StructuredOutputs | None:
     if so is None:
         return None
-    return StructuredOutputs(
-        json=so.json_,
-        json_object=bool(so.json_object),
-        regex=so.regex,
-        choice=tuple(so.choice or ()),
-        grammar=so.grammar,
-    )
+    return vllm_structured(so.json_, so.json_object, so.regex, so.choice, so.grammar)
 
 
 def structured_outputs(req: SamplingFields) -> StructuredOutputs | None:
@@ -148,7 +160,8 @@ def logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     return {int(k): v for k, v in (bias or {}).items()}
 
 
-def _bad_words(words: list[str] | None, encode: Encode | None) -> list[list[int]] | None:
+def bad_words_ids(words: list[str] | None, encode: Encode | None) -> list[list[int]] | None:
+    """vLLM's bad_words as token-id lists (tokenized as given); None when there are none."""
     if not words:
         return None
     _reject(encode is not None, "bad_words", "needs the served model's tokenizer")
@@ -163,12 +176,18 @@ def _common(
     logprobs: int | None,
     encode: Encode | None,
     prompt_logprobs: int | None = None,
+    tool_constraint: StructuredOutputs | None = None,
 ) -> SamplingParams:
-    _reject(
-        not (req.stream and req.prompt_logprobs is not None),
-        "prompt_logprobs",
-        "not supported when streaming (as in vLLM)",
-    )
+    reject_streamed_prompt_logprobs(req.stream, req.prompt_logprobs)
+    constraint = structured_outputs(req)
+    if tool_constraint is not None:
+        _reject(
+            constraint is None,
+            "tool_choice",
+            "required or a named function constrains the output: do not also set "
+            "response_format, structured_outputs or guided_*",
+        )
+        constraint = tool_constraint
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return _sampling(
         max_new_tokens=max_new,
@@ -189,8 +208,16 @@ def _common(
         stop_token_ids=req.stop_token_ids,
         logit_bias=logit_bias(req.logit_bias),
         allowed_token_ids=req.allowed_token_ids,
-        bad_words_token_ids=_bad_words(req.bad_words, encode),
-        structured_outputs=structured_outputs(req),
+        bad_words_token_ids=bad_words_ids(req.bad_words, encode),
+        structured_outputs=constraint,
+    )
+
+
+def reject_streamed_prompt_logprobs(stream: bool, prompt_logprobs: int | None) -> None:
+    _reject(
+        not (stream and prompt_logprobs is not None),
+        "prompt_logprobs",
+        "not supported when streaming (as in vLLM)",
     )
 
 
@@ -225,9 +252,13 @@ def completion_sampling(
 
 
 def chat_sampling(
-    req: ChatCompletionRequest, num_input: int, limits: Limits, encode: Encode | None = None
+    req: ChatCompletionRequest,
+    num_input: int,
+    limits: Limits,
+    encode: Encode | None = None,
+    tool_constraint: StructuredOutputs | None = None,
 ) -> SamplingParams:
-    _reject(not req.tools, "tools", "tool calls are not supported")
+    """`tool_constraint`: what tool_choice required or a named function imposes."""
     _reject(
         req.top_logprobs is None or req.logprobs,
         "top_logprobs",
@@ -235,7 +266,9 @@ def chat_sampling(
     )
     max_new = req.max_completion_tokens or req.max_tokens or limits.room(num_input)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _common(req, max_new, req.min_tokens or 0, logprobs, encode)
+    return _common(
+        req, max_new, req.min_tokens or 0, logprobs, encode, tool_constraint=tool_constraint
+    )
 
 
 def completion_prompts(

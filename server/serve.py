@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from hagmoe.engine.async_engine import AsyncEngine
-from hagmoe.errors import HagMoEError
+from hagmoe.errors import ConfigError, HagMoEError
 from server.admission import Admission
 from server.app import build_app
 from server.auth import KeyRing
@@ -90,9 +90,10 @@ def serve(settings: Settings) -> int:
     try:
         ctx, engine = build_context(settings)
     except (HagMoEError, SettingsError, OSError) as exc:
-        logger.error(
-            "cannot load the model", extra={"model": str(settings.model), "error": str(exc)}
+        what = (
+            "cannot start the engine" if isinstance(exc, ConfigError) else "cannot load the model"
         )
+        logger.error(what, extra={"model": str(settings.model), "error": str(exc)})
         return 2
     _log_startup(ctx)
     return asyncio.run(_run(ctx, engine))
@@ -121,6 +122,7 @@ def _log_startup(ctx: ServerContext) -> None:
             "header_timeout": s.header_timeout,
             "body_timeout": s.body_timeout,
             "num_blocks": info.num_blocks,
+            "kv_cache_bytes": info.kv_cache_bytes,
             "block_size": info.block_size,
             "max_num_seqs": info.max_num_seqs,
             "max_num_batched_tokens": info.max_num_batched_tokens,

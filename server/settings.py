@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hagmoe
+from hagmoe.engine.memory import DEFAULT_MEMORY_UTILIZATION
 
 BUNDLED_MODEL = Path(hagmoe.__file__).resolve().parent / "assets"
 
@@ -34,6 +35,9 @@ class Settings:
     block_size: int = 16
     num_blocks: int | None = None
     kv_cache_bytes: int | None = None
+    memory_utilization: float = DEFAULT_MEMORY_UTILIZATION  # the KV cache's share of free memory
+    available_memory_bytes: int | None = None  # None: measured once the weights are loaded
+    max_model_len: int | None = None  # default: the model's max_position
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     enable_prefix_caching: bool = True
@@ -45,6 +49,7 @@ class Settings:
     log_level: str = "info"
     served_model_name: str | None = None
     chat_template: str | None = None  # a file or Jinja source; None: the tokenizer's
+    tool_call_parser: str | None = None  # "hermes": tool_choice auto reads calls from the text
 
     @property
     def model_name(self) -> str:
@@ -71,6 +76,12 @@ class Settings:
         for name in ("header_timeout", "body_timeout"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"--{name.replace('_', '-')} must be > 0 seconds")
+        if not 0.0 < self.memory_utilization <= 1.0:
+            raise SettingsError("--memory-utilization must lie in (0, 1]")
+        for name in ("available_memory_bytes", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_queue < 0:
             raise SettingsError("--max-queue must be >= 0")
         for port_name in ("port", "grpc_port"):
@@ -115,6 +126,9 @@ class Settings:
             block_size=args.block_size,
             num_blocks=args.num_blocks,
             kv_cache_bytes=args.kv_cache_bytes,
+            memory_utilization=getattr(args, "memory_utilization", DEFAULT_MEMORY_UTILIZATION),
+            available_memory_bytes=getattr(args, "available_memory_bytes", None),
+            max_model_len=getattr(args, "max_model_len", None),
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             enable_prefix_caching=not args.no_prefix_caching,
@@ -126,6 +140,7 @@ class Settings:
             log_level=args.log_level,
             served_model_name=args.served_model_name,
             chat_template=args.chat_template,
+            tool_call_parser=getattr(args, "tool_call_parser", None) or None,
         )
         settings.check()
         return settings

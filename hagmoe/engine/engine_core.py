@@ -13,7 +13,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.detokenizer import IncrementalDetokenizer
 from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.kv_cache_manager import KVCacheManager
-from hagmoe.engine.model_runner import ModelRunner
+from hagmoe.engine.model_runner import ModelRunner, prepare_weights
 from hagmoe.engine.outputs import RequestOutput
 from hagmoe.engine.request import Request, RequestStatus
 from hagmoe.engine.sampling_params import SamplingParams, validate_prompt
@@ -45,6 +45,7 @@ class EngineCore:
     def __init__(
         self, model: HagMoEModel, tokenizer: Tokenizer | None, config: EngineConfig | None = None
     ) -> None:
+        prepare_weights(model)  # before resolve(): the cache is sized from what is left
         self.config = (config or EngineConfig()).resolve(model.config)
         assert self.config.num_blocks is not None and self.config.max_model_len is not None
         self.model = model

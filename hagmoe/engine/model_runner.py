@@ -22,6 +22,15 @@ from hagmoe.model.model import HagMoEModel
 from hagmoe.model.routing import LayerRouting
 
 
+def prepare_weights(model: HagMoEModel) -> None:
+    """On the CPU, build the kernels and pack the weights for them now (not during the first
+    request; idempotent), so that the memory they take is counted before the cache is sized."""
+    if model.device.type == "cpu":
+        cpu_kernels.library()
+        with torch.inference_mode():
+            model.pack_cpu_weights()
+
+
 class ModelRunner:
     """Owns the model, the per-layer cache parts and the sampler."""
 
@@ -41,10 +50,7 @@ class ModelRunner:
             for _ in range(cfg.num_layers)
         ]
         self.sampler = Sampler(seed=config.seed)
-        if self.device.type == "cpu":
-            cpu_kernels.library()  # build and pack now, not during the first request
-            with torch.inference_mode():
-                model.pack_cpu_weights()
+        prepare_weights(model)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:

@@ -11,6 +11,7 @@ from hagmoe.engine.structured_output import StructuredOutputs
 
 MAX_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
+REPETITION_PENALTY_RANGE = (1e-3, 1e3)  # logits scale by up to 1e3: finite in float32
 
 
 @dataclass(slots=True)
@@ -79,9 +80,13 @@ class SamplingParams:
         if self.structured_outputs is not None:
             self.structured_outputs.kind()
         _require(
-            _finite(self.repetition_penalty) and self.repetition_penalty > 0,
+            _finite(self.repetition_penalty)
+            and REPETITION_PENALTY_RANGE[0]
+            <= self.repetition_penalty
+            <= REPETITION_PENALTY_RANGE[1],
             "repetition_penalty",
-            f"must be > 0 (1 = off), got {self.repetition_penalty}",
+            f"must lie in [{REPETITION_PENALTY_RANGE[0]:g}, {REPETITION_PENALTY_RANGE[1]:g}] "
+            f"(1 = off), got {self.repetition_penalty}",
         )
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)

@@ -11,6 +11,7 @@ microseconds with no per-schema precompute over the vocabulary (docs/architectur
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from hagmoe.model.tokenizer import Tokenizer
 
+EBNF_RULE = re.compile(r"^\s*[A-Za-z_][\w-]*\s*::=", re.MULTILINE)  # a GBNF rule
 KINDS = ("json", "json_object", "regex", "choice", "grammar")
 # JSON as `json.dumps` writes it: ", " and ": ", no other whitespace (a model cannot stall in
 # an endless run of blanks, as flexible whitespace lets it)
@@ -36,7 +38,7 @@ JSON_LAYOUT: JsonCompileOptions = {
 @dataclass(slots=True, frozen=True)
 class StructuredOutputs:
     """Exactly one constraint: a JSON schema (text or object), any JSON object, a regex, one of
-    the `choice` strings, or a Lark / llguidance grammar."""
+    the `choice` strings, or a grammar: Lark (llguidance's) or EBNF (GBNF, `root ::= ...`)."""
 
     json: str | dict[str, Any] | None = None
     json_object: bool = False
@@ -116,9 +118,22 @@ def _grammar(spec: StructuredOutputs) -> str:
         if kind == "choice":
             pattern = "|".join(_regex_escape(c) for c in spec.choice)
             return llguidance.LLMatcher.grammar_from_regex(pattern)
-        return llguidance.LLMatcher.grammar_from_lark(spec.grammar or "")
+        return llguidance.LLMatcher.grammar_from_lark(_lark(spec.grammar or ""))
     except (ValueError, TypeError) as exc:
         raise InvalidRequestError("structured_outputs", f"{kind}: {exc}") from exc
+
+
+def _lark(grammar: str) -> str:
+    """A Lark grammar as it is; an EBNF one (GBNF, `root ::= ...`, as vLLM's xgrammar
+    takes) converted to Lark."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    if not EBNF_RULE.search(grammar):
+        return grammar
+    try:
+        return gbnf_to_lark(grammar)
+    except Exception as exc:  # the converter raises bare Exception too (an undefined rule)
+        raise ValueError(f"EBNF: {exc}") from exc
 
 
 def _validate(grammar: str, tokenizer: llguidance.LLTokenizer) -> str:

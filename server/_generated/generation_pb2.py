@@ -25,41 +25,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahagmoe/v1/generation.proto\x12\thagmoe.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb8\x04\n\x12SamplingParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\ttypical_p\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x04H\t\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x10\n\x08logprobs\x18\x0e \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0f \x01(\r\x12\x16\n\x0ereturn_routing\x18\x10 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x11\n\x0f_min_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"\x9c\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.hagmoe.v1.TokenIdsH\x00\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x1d.hagmoe.v1.SamplingParameters\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x08\n\x06prompt\"7\n\nTopLogprob\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"i\n\x0cLayerRouting\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\x05\x12\x0f\n\x07\x65xperts\x18\x03 \x03(\r\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x06 \x01(\x01\"\xab\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07special\x18\x03 \x01(\x08\x12\x14\n\x07logprob\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12+\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x15.hagmoe.v1.TopLogprob\x12(\n\x07routing\x18\x06 \x03(\x0b\x32\x17.hagmoe.v1.LayerRoutingB\n\n\x08_logprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\xbe\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x06tokens\x18\x03 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.hagmoe.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.hagmoe.v1.Usage\"\xd6\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x06tokens\x18\x03 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.hagmoe.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x06 \x01(\t\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.hagmoe.v1.Usage\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"/\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x15\n\x13GetModelInfoRequest\"\xfa\x02\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x0e\n\x06router\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x13\n\x0bnum_experts\x18\x06 \x01(\r\x12\x12\n\nnum_groups\x18\x07 \x01(\r\x12\x15\n\rmax_model_len\x18\x08 \x01(\r\x12\x18\n\x10max_input_tokens\x18\t \x01(\r\x12\x18\n\x10max_total_tokens\x18\n \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x0b \x01(\r\x12\x11\n\tmax_queue\x18\x0c \x01(\r\x12\x12\n\nblock_size\x18\r \x01(\r\x12\x12\n\nnum_blocks\x18\x0e \x01(\r\x12 \n\x18kv_cache_bytes_per_token\x18\x0f \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x10 \x01(\t\x12\r\n\x05\x64type\x18\x11 \x01(\t*\x85\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x32\xaf\x02\n\nGeneration\x12\x43\n\x08Generate\x12\x1a.hagmoe.v1.GenerateRequest\x1a\x1b.hagmoe.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1a.hagmoe.v1.GenerateRequest\x1a!.hagmoe.v1.GenerateStreamResponse0\x01\x12\x43\n\x08Tokenize\x12\x1a.hagmoe.v1.TokenizeRequest\x1a\x1b.hagmoe.v1.TokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.hagmoe.v1.GetModelInfoRequest\x1a\x14.hagmoe.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahagmoe/v1/generation.proto\x12\thagmoe.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xba\x07\n\x12SamplingParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x16\n\ttypical_p\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x08\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x04H\t\x88\x01\x01\x12\x0c\n\x04stop\x18\x0b \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\r\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x10\n\x08logprobs\x18\x0e \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0f \x01(\r\x12\x16\n\x0ereturn_routing\x18\x10 \x01(\x08\x12\x12\n\x05min_p\x18\x11 \x01(\x01H\n\x88\x01\x01\x12@\n\nlogit_bias\x18\x12 \x03(\x0b\x32,.hagmoe.v1.SamplingParameters.LogitBiasEntry\x12\x19\n\x11\x61llowed_token_ids\x18\x13 \x03(\r\x12\x11\n\tbad_words\x18\x14 \x03(\t\x12\x1c\n\x0fprompt_logprobs\x18\x15 \x01(\rH\x0b\x88\x01\x01\x12\x38\n\x12structured_outputs\x18\x16 \x01(\x0b\x32\x1c.hagmoe.v1.StructuredOutputs\x12\x0e\n\x01n\x18\x17 \x01(\rH\x0c\x88\x01\x01\x12#\n\x16truncate_prompt_tokens\x18\x18 \x01(\rH\r\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x11\n\x0f_max_new_tokensB\x11\n\x0f_min_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seedB\x08\n\x06_min_pB\x12\n\x10_prompt_logprobsB\x04\n\x02_nB\x19\n\x17_truncate_prompt_tokens\"\x94\x01\n\x11StructuredOutputs\x12\x11\n\x04json\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0bjson_object\x18\x02 \x01(\x08\x12\x12\n\x05regex\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x06\x63hoice\x18\x04 \x03(\t\x12\x14\n\x07grammar\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x07\n\x05_jsonB\x08\n\x06_regexB\n\n\x08_grammar\"\xae\x01\n\x0fGenerateRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.hagmoe.v1.TokenIdsH\x00\x12\x31\n\nparameters\x18\x03 \x01(\x0b\x32\x1d.hagmoe.v1.SamplingParameters\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x42\x08\n\x06prompt\"7\n\nTopLogprob\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"i\n\x0cLayerRouting\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05group\x18\x02 \x01(\x05\x12\x0f\n\x07\x65xperts\x18\x03 \x03(\r\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x06 \x01(\x01\"\xab\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07special\x18\x03 \x01(\x08\x12\x14\n\x07logprob\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12+\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x15.hagmoe.v1.TopLogprob\x12(\n\x07routing\x18\x06 \x03(\x0b\x32\x17.hagmoe.v1.LayerRoutingB\n\n\x08_logprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x8f\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x06tokens\x18\x03 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.hagmoe.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\x12\x1f\n\x05usage\x18\x06 \x01(\x0b\x32\x10.hagmoe.v1.Usage\x12\'\n\rprompt_tokens\x18\x07 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12&\n\tsequences\x18\x08 \x03(\x0b\x32\x13.hagmoe.v1.Sequence\"\x90\x01\n\x08Sequence\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x06tokens\x18\x03 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.hagmoe.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\"\xe5\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x06tokens\x18\x03 \x03(\x0b\x32\x10.hagmoe.v1.Token\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12.\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x17.hagmoe.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x06 \x01(\t\x12\x1f\n\x05usage\x18\x07 \x01(\x0b\x32\x10.hagmoe.v1.Usage\x12\r\n\x05index\x18\x08 \x01(\r\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"/\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x15\n\x13GetModelInfoRequest\"\xfa\x02\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x0e\n\x06router\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x13\n\x0bnum_experts\x18\x06 \x01(\r\x12\x12\n\nnum_groups\x18\x07 \x01(\r\x12\x15\n\rmax_model_len\x18\x08 \x01(\r\x12\x18\n\x10max_input_tokens\x18\t \x01(\r\x12\x18\n\x10max_total_tokens\x18\n \x01(\r\x12\x1f\n\x17max_concurrent_requests\x18\x0b \x01(\r\x12\x11\n\tmax_queue\x18\x0c \x01(\r\x12\x12\n\nblock_size\x18\r \x01(\r\x12\x12\n\nnum_blocks\x18\x0e \x01(\r\x12 \n\x18kv_cache_bytes_per_token\x18\x0f \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x10 \x01(\t\x12\r\n\x05\x64type\x18\x11 \x01(\t*\x85\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x32\xaf\x02\n\nGeneration\x12\x43\n\x08Generate\x12\x1a.hagmoe.v1.GenerateRequest\x1a\x1b.hagmoe.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1a.hagmoe.v1.GenerateRequest\x1a!.hagmoe.v1.GenerateStreamResponse0\x01\x12\x43\n\x08Tokenize\x12\x1a.hagmoe.v1.TokenizeRequest\x1a\x1b.hagmoe.v1.TokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.hagmoe.v1.GetModelInfoRequest\x1a\x14.hagmoe.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hagmoe.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2141
-  _globals['_FINISHREASON']._serialized_end=2274
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=2939
+  _globals['_FINISHREASON']._serialized_end=3072
   _globals['_TOKENIDS']._serialized_start=41
   _globals['_TOKENIDS']._serialized_end=64
   _globals['_SAMPLINGPARAMETERS']._serialized_start=67
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=635
-  _globals['_GENERATEREQUEST']._serialized_start=638
-  _globals['_GENERATEREQUEST']._serialized_end=794
-  _globals['_TOPLOGPROB']._serialized_start=796
-  _globals['_TOPLOGPROB']._serialized_end=851
-  _globals['_LAYERROUTING']._serialized_start=853
-  _globals['_LAYERROUTING']._serialized_end=958
-  _globals['_TOKEN']._serialized_start=961
-  _globals['_TOKEN']._serialized_end=1132
-  _globals['_USAGE']._serialized_start=1134
-  _globals['_USAGE']._serialized_end=1214
-  _globals['_GENERATERESPONSE']._serialized_start=1217
-  _globals['_GENERATERESPONSE']._serialized_end=1407
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1410
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1624
-  _globals['_TOKENIZEREQUEST']._serialized_start=1626
-  _globals['_TOKENIZEREQUEST']._serialized_end=1685
-  _globals['_TOKENIZERESPONSE']._serialized_start=1687
-  _globals['_TOKENIZERESPONSE']._serialized_end=1734
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1736
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1757
-  _globals['_MODELINFO']._serialized_start=1760
-  _globals['_MODELINFO']._serialized_end=2138
-  _globals['_GENERATION']._serialized_start=2277
-  _globals['_GENERATION']._serialized_end=2580
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=1021
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_start=747
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_end=795
+  _globals['_STRUCTUREDOUTPUTS']._serialized_start=1024
+  _globals['_STRUCTUREDOUTPUTS']._serialized_end=1172
+  _globals['_GENERATEREQUEST']._serialized_start=1175
+  _globals['_GENERATEREQUEST']._serialized_end=1349
+  _globals['_TOPLOGPROB']._serialized_start=1351
+  _globals['_TOPLOGPROB']._serialized_end=1406
+  _globals['_LAYERROUTING']._serialized_start=1408
+  _globals['_LAYERROUTING']._serialized_end=1513
+  _globals['_TOKEN']._serialized_start=1516
+  _globals['_TOKEN']._serialized_end=1687
+  _globals['_USAGE']._serialized_start=1689
+  _globals['_USAGE']._serialized_end=1769
+  _globals['_GENERATERESPONSE']._serialized_start=1772
+  _globals['_GENERATERESPONSE']._serialized_end=2043
+  _globals['_SEQUENCE']._serialized_start=2046
+  _globals['_SEQUENCE']._serialized_end=2190
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=2193
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=2422
+  _globals['_TOKENIZEREQUEST']._serialized_start=2424
+  _globals['_TOKENIZEREQUEST']._serialized_end=2483
+  _globals['_TOKENIZERESPONSE']._serialized_start=2485
+  _globals['_TOKENIZERESPONSE']._serialized_end=2532
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2534
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2555
+  _globals['_MODELINFO']._serialized_start=2558
+  _globals['_MODELINFO']._serialized_end=2936
+  _globals['_GENERATION']._serialized_start=3075
+  _globals['_GENERATION']._serialized_end=3378
 # @@protoc_insertion_point(module_scope)

@@ -80,10 +80,12 @@ def cut(launched: dict[str, ServeProcess]) -> ServeProcess:
 
 @pytest.fixture(scope="session")
 def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    """`hagmoe serve` on the bundled model, served as BUNDLED_NAME."""
+    """`hagmoe serve` on the bundled model, served as BUNDLED_NAME, Hermes tool calls on."""
     log = tmp_path_factory.mktemp("bundled") / "serve.log"
     folder = Path(hagmoe.__file__).parent / "assets"
-    server = launch_server(folder, log, "--served-model-name", BUNDLED_NAME)
+    server = launch_server(
+        folder, log, "--served-model-name", BUNDLED_NAME, "--tool-call-parser", "hermes"
+    )
     try:
         server.wait_ready()
         yield server

@@ -15,7 +15,7 @@ import pytest
 
 from loadtests.server_process import ServeProcess
 
-MODEL = "bundled"
+MODEL = "bundled"  # conftest BUNDLED_NAME
 PROMPT = "The answer, as JSON:"
 
 

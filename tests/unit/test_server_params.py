@@ -93,9 +93,9 @@ def completion(**kw: Any) -> Any:
     return completion_sampling(CompletionRequest(model="m", prompt="x", **kw), 10, LIMITS)
 
 
-def chat(**kw: Any) -> Any:
+def chat(tool_constraint: StructuredOutputs | None = None, **kw: Any) -> Any:
     body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}], **kw)  # type: ignore[list-item]
-    return chat_sampling(body, 10, LIMITS)
+    return chat_sampling(body, 10, LIMITS, tool_constraint=tool_constraint)
 
 
 def test_openai_defaults() -> None:
@@ -123,7 +123,10 @@ def test_openai_fields() -> None:
         (lambda: chat(response_format={"type": "json_schema"}), "response_format"),
         (lambda: chat(guided_regex="a", guided_choice=["b"]), "guided_regex"),
         (lambda: chat(top_logprobs=2), "top_logprobs"),
-        (lambda: chat(tools=[{"type": "function"}]), "tools"),
+        (
+            lambda: chat(guided_regex="a", tool_constraint=StructuredOutputs(regex="b")),
+            "tool_choice",
+        ),
     ],
 )
 def test_openai_unsupported_values_are_rejected(make: Any, param: str) -> None:

@@ -90,6 +90,16 @@ def test_regex_and_choice_give_only_allowed_strings(core: EngineCore) -> None:
     assert all(re.fullmatch(r"[0-9]{2}-[a-z]{3}", t) for t in texts[4:])
 
 
+LARK = 'start: CITY " " DIGIT\nCITY: "Verona" | "Mantua"\nDIGIT: /[0-9]/'
+EBNF = 'root ::= city " " digit\ncity ::= "Verona" | "Mantua"\ndigit ::= [0-9]'
+
+
+@pytest.mark.parametrize("grammar", [LARK, EBNF])
+def test_lark_and_ebnf_grammars_give_only_their_language(core: EngineCore, grammar: str) -> None:
+    params = [_params(StructuredOutputs(grammar=grammar), s, temperature=2.0) for s in range(4)]
+    assert all(re.fullmatch(r"(Verona|Mantua) [0-9]", t) for t in _run(core, params))
+
+
 def test_greedy_rows_and_json_object(core: EngineCore) -> None:
     greedy = _params(StructuredOutputs(json=SCHEMAS[1]), 0, temperature=0.0)
     objects = [_params(StructuredOutputs(json_object=True), seed) for seed in range(4)]
@@ -124,6 +134,7 @@ def test_matcher_state_survives_preemption() -> None:
         StructuredOutputs(json={"type": "no-such-type"}),
         StructuredOutputs(regex="(unclosed"),
         StructuredOutputs(grammar="start: ???"),
+        StructuredOutputs(grammar="root ::= undefined_rule"),
         StructuredOutputs(),
         StructuredOutputs(regex="a", choice=("b",)),
     ],
