@@ -30,6 +30,7 @@ def closed(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 SHORT = {"type": "string", "maxLength": 6}
 SMALL_INT = {"type": "integer", "minimum": 0, "maximum": 99}
+BOOL = {"type": "boolean"}
 SCHEMAS = {
     "person": closed({"name": SHORT, "age": SMALL_INT}, ["name", "age"]),
     "array": {"type": "array", "items": SMALL_INT, "minItems": 1, "maxItems": 3},
@@ -44,7 +45,30 @@ SCHEMAS = {
         ["point", "tags"],
     ),
     "pattern": closed({"code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"}}, ["code"]),
+    "flags": closed({"a": BOOL, "b": BOOL}, ["a", "b"]),
+    "negative": closed({"t": {"type": "integer", "minimum": -5, "maximum": 5}}, ["t"]),
+    "nullable": closed({"v": {"type": ["integer", "null"], "minimum": 0, "maximum": 9}}, ["v"]),
+    "const": closed({"kind": {"const": "point"}, "n": SMALL_INT}, ["kind", "n"]),
+    "optional": closed({"a": SMALL_INT, "b": SHORT}, ["a"]),
+    "objects": {"type": "array", "items": closed({"id": SMALL_INT}, ["id"]), "maxItems": 2},
+    "any_of": {"anyOf": [closed({"cat": SHORT}, ["cat"]), closed({"dog": SMALL_INT}, ["dog"])]},
+    "tuple": {"type": "array", "prefixItems": [SMALL_INT, SHORT], "items": False, "minItems": 2},
+    "int_enum": closed({"level": {"enum": [1, 2, 3]}}, ["level"]),
+    "top_enum": {"enum": ["alpha", "beta", "gamma"]},
+    "date": closed({"d": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}}, ["d"]),
+    "deep": closed({"a": closed({"b": closed({"c": SMALL_INT}, ["c"])}, ["b"])}, ["a"]),
+    "pair": {"type": "array", "items": BOOL, "minItems": 2, "maxItems": 2},
+    "lengths": closed({"w": {"type": "string", "minLength": 2, "maxLength": 4}}, ["w"]),
+    "mixed": closed(
+        {
+            "id": SMALL_INT,
+            "tags": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3},
+            "meta": closed({"ok": BOOL}, ["ok"]),
+        },
+        ["id", "tags", "meta"],
+    ),
 }
+assert len(SCHEMAS) == 20
 
 
 @pytest.fixture(scope="module")
