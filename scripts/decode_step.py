@@ -1,14 +1,19 @@
 """Decode-only speed of the engine: ms per step with `batch` requests in flight.
 
     python scripts/decode_step.py [--batch 1] [--config bench] [--repeats 5] [--steps 20]
+                                  [--profile 15]
 
 Each request has a 64-token prompt; after 5 warm-up steps every step decodes one token per
-request. Prints the median and the minimum over the repeats.
+request. Prints the median and the minimum over the repeats. `--profile K` then profiles
+`--steps` more steps with cProfile and prints the K functions with the most own time per
+step (Python, torch ops, and the ctypes kernels inside their Python wrappers).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -24,6 +29,7 @@ def main() -> None:
     parser.add_argument("--config", default="bench")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=0, help="top ops to print (0: none)")
     args = parser.parse_args()
     engine = EngineCore(
         random_model(args.config, seed=0), None, EngineConfig(max_num_seqs=args.batch)
@@ -45,6 +51,28 @@ def main() -> None:
         f"batch {args.batch}: {median * 1e3:.2f} ms per step (min {min(times) * 1e3:.2f}), "
         f"{args.batch / median:.0f} tok/s"
     )
+    if args.profile:
+        profile(engine, args.steps, args.profile)
+
+
+def profile(engine: EngineCore, steps: int, top: int) -> None:
+    """cProfile over `steps` steps: the functions (Python, torch ops, the ctypes kernels
+    inside their wrappers) with the most own time, per step."""
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    profiler.disable()
+    wall_us = (time.perf_counter() - start) / steps * 1e6
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    print(f"per step, profiled: {wall_us:.0f} us wall (cProfile adds its own cost)")
+    print(f"{'function':<60}{'calls/step':>11}{'us/step':>10}{'share':>8}")
+    for (file, line, name), (_, calls, own, _, _) in rows[:top]:
+        where = f"{file.rsplit('/', 1)[-1]}:{line} {name}" if line else name
+        us = own / steps * 1e6
+        print(f"{where[:59]:<60}{calls / steps:>11.1f}{us:>10.0f}{us / wall_us:>8.1%}")
 
 
 if __name__ == "__main__":
