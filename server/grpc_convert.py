@@ -151,18 +151,20 @@ def response(
     """The first sequence in the top-level fields (as before n existed); with n > 1 every
     sequence in `sequences`; the prompt's tokens when prompt_logprobs was asked for."""
     first = done[0]
+    head = sequence(view, 0, first)
     message = pb.GenerateResponse(
         request_id=first.request_id,
-        text=first.text,
-        tokens=[token(view, t) for t in first.tokens],
-        finish_reason=_finish(first.finish),
-        stop_sequence=first.stop_sequence or "",
+        text=head.text,
+        tokens=head.tokens,
+        finish_reason=head.finish_reason,
+        stop_sequence=head.stop_sequence,
         usage=usage(
             first.num_prompt_tokens, sum(len(g.tokens) for g in done), first.num_cached_tokens
         ),
     )
     if len(done) > 1:
-        message.sequences.extend(sequence(view, i, g) for i, g in enumerate(done))
+        message.sequences.append(head)
+        message.sequences.extend(sequence(view, i, g) for i, g in enumerate(done) if i > 0)
     if prompt_logprobs is not None and prompt_ids is not None:
         prompt = view.prompt_tokens(prompt_ids, first.prompt_logprobs, prompt_logprobs)
         message.prompt_tokens.extend(token(view, t) for t in prompt)

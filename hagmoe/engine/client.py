@@ -35,7 +35,7 @@ class ModelInfo:
     dtype: str
     max_num_seqs: int
     max_num_batched_tokens: int
-    kv_cache_bytes: int = 0  # num_blocks x block_size x kv_cache_bytes_per_token
+    kv_cache_bytes: int = 0  # the resolved cache: num_blocks x bytes per block
 
     @classmethod
     def from_core(cls, core: EngineCore, model_id: str = "hagmoe") -> ModelInfo:
@@ -58,7 +58,7 @@ class ModelInfo:
             dtype=eng.dtype,
             max_num_seqs=eng.max_num_seqs,
             max_num_batched_tokens=eng.max_num_batched_tokens,
-            kv_cache_bytes=eng.num_blocks * eng.bytes_per_block(cfg),
+            kv_cache_bytes=eng.kv_cache_size_bytes,
         )
 
 
