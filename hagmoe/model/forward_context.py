@@ -52,7 +52,9 @@ class Segment:
         return x[self.token_index]
 
     def put(self, out: Tensor, y: Tensor) -> None:
-        """Write padded rows y [B, Q, ...] back into flat out [T, ...] (real rows only)."""
+        """Write padded rows y [B, Q, ...] back into flat out [T, ...] (real rows only), in
+        out's dtype (the Triton router sums come in float32 under a bfloat16 model)."""
+        y = y.to(out.dtype)
         if self.token_index is None:
             out.copy_(y.reshape(out.shape))
         elif self.valid is None:
