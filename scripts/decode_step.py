@@ -1,8 +1,9 @@
 """Decode-only speed of the engine: ms per step with `batch` requests in flight.
 
-    python scripts/decode_step.py [--batch 1] [--config bench] [--repeats 5] [--steps 20]
-                                  [--profile 15]
+    python scripts/decode_step.py [--batch 1] [--config bench] [--quantization none]
+                                  [--repeats 5] [--steps 20] [--profile 15]
 
+The weights are packed in place in the `--quantization` format, as `hagmoe serve` holds them.
 Each request has a 64-token prompt; after 5 warm-up steps every step decodes one token per
 request. Prints the median and the minimum over the repeats. `--profile K` then profiles
 `--steps` more steps with cProfile and prints the K functions with the most own time per
@@ -21,19 +22,23 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model import random_model
+from hagmoe.quantization.format import QUANTIZATIONS, WeightFormat
+from hagmoe.quantization.serving import pack_for_serving
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--config", default="bench")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, help="top ops to print (0: none)")
     args = parser.parse_args()
-    engine = EngineCore(
-        random_model(args.config, seed=0), None, EngineConfig(max_num_seqs=args.batch)
+    model = pack_for_serving(
+        random_model(args.config, seed=0), WeightFormat.named(args.quantization)
     )
+    engine = EngineCore(model, None, EngineConfig(max_num_seqs=args.batch))
     vocab = engine.model.config.vocab_size
     params = SamplingParams(max_new_tokens=10_000, temperature=0.0, ignore_eos=True)
     for i in range(args.batch):

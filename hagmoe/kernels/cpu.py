@@ -1,5 +1,6 @@
 """The float32 CPU kernels of cpu_kernels.c (and the bf16 / int8 weight kernels of
-quant_kernels.c, wrapped in quant.py), compiled once per machine and called through ctypes.
+quant_kernels.c, wrapped in quant.py, and the one-call decode layer of decode_layer.c, wrapped in
+decode_layer.py), compiled once per machine and called through ctypes.
 
 The library is built with the system C compiler (`$CC`, else `cc`) on first use and cached in
 `$HAGMOE_KERNEL_CACHE` (default `$XDG_CACHE_HOME/hagmoe/kernels`, else `~/.cache/hagmoe/kernels`),
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"))  # compiled into one library
+SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"), SOURCE.with_name("decode_layer.c"))
 HEADER = SOURCE.with_name("kernels.h")
 ISA_FLAGS = {"native": "-march=native", "avx2": "-march=x86-64-v3"}  # HAGMOE_CPU_ISA
 LANES = 16  # vector width; the attention head dim and the expert F must be multiples of it
@@ -58,6 +59,7 @@ _SIGNATURES = {
     "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
     "hagmoe_linear_q": [_P] * 5 + [_I64] * 4 + [_INT] * 3,
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
+    "hagmoe_topk_decode_layer": [_P] * 6,
 }
 
 
@@ -144,7 +146,7 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
     lib.hagmoe_moe_swiglu.restype = lib.hagmoe_paged_attention.restype = ctypes.c_int
-    lib.hagmoe_moe_swiglu_q.restype = ctypes.c_int
+    lib.hagmoe_moe_swiglu_q.restype = lib.hagmoe_topk_decode_layer.restype = ctypes.c_int
     return lib
 
 
@@ -162,6 +164,7 @@ def enabled_for(x: Tensor) -> bool:
 
 
 def _ptr(t: Tensor | None) -> int | None:
+    """t's address: the caller keeps t alive until the C call returns (never `_ptr(x.f())`)."""
     if t is None:
         return None
     assert t.is_contiguous() and t.dtype in (torch.float32, torch.int64, torch.bool)
@@ -233,11 +236,12 @@ def moe_swiglu(x: Tensor, experts: Tensor, scores: Tensor, gate_up: Tensor, down
     ffn = down.shape[2]
     assert lib is not None and gate_up.is_contiguous() and down.is_contiguous()
     tokens, k = experts.shape
+    x, experts, scores = x.contiguous(), experts.contiguous(), scores.contiguous()  # held
     out = torch.zeros_like(x)  # [T, d]
     status = lib.hagmoe_moe_swiglu(
-        _ptr(x.contiguous()),
-        _ptr(experts.contiguous()),
-        _ptr(scores.contiguous()),
+        _ptr(x),
+        _ptr(experts),
+        _ptr(scores),
         tokens,
         k,
         _ptr(gate_up),
@@ -274,14 +278,15 @@ def paged_attention(
     lib = library()
     batch, rows, heads, hd = q.shape
     assert lib is not None and hd % LANES == 0 and cache.is_contiguous()
-    q = q.contiguous()
+    q, block_table, query_pos = q.contiguous(), block_table.contiguous(), query_pos.contiguous()
+    valid = None if valid is None else valid.contiguous()
     blocks_per_seq = block_table.shape[1]
     keys = blocks_per_seq * block_size
     mix = None if coarse_heads is None else q.new_empty(batch, rows, 2, keys)
     out = q.new_empty(batch, rows, heads * hd)
     status = lib.hagmoe_paged_attention(
-        _ptr(q), _ptr(cache), _ptr(block_table.contiguous()), _ptr(query_pos.contiguous()),
-        _ptr(None if valid is None else valid.contiguous()), _ptr(out), _ptr(mix),
+        _ptr(q), _ptr(cache), _ptr(block_table), _ptr(query_pos), _ptr(valid), _ptr(out),
+        _ptr(mix),
         batch, rows, heads, num_kv_heads, hd, blocks_per_seq, block_size,
         hd**-0.5, window or 0, coarse_heads or 0, torch.get_num_threads(),
     )  # fmt: skip
@@ -309,11 +314,12 @@ def route_sums(
     assert lib is not None and rv_cache.is_contiguous() and a_c.stride() == a_f.stride()
     assert a_c.stride(2) == 1 and keys == block_table.shape[1] * block_size
     width = rv_cache.shape[1]
+    block_table, query_pos = block_table.contiguous(), query_pos.contiguous()
+    valid = None if valid is None else valid.contiguous()
     z, entropy = a_c.new_empty(batch, rows, width), a_c.new_empty(batch, rows)
     lib.hagmoe_route_sums(
         a_c.data_ptr(), a_f.data_ptr(), a_c.stride(0), a_c.stride(1), _ptr(rv_cache),
-        _ptr(block_table.contiguous()), _ptr(query_pos.contiguous()),
-        _ptr(None if valid is None else valid.contiguous()), _ptr(z), _ptr(entropy),
+        _ptr(block_table), _ptr(query_pos), _ptr(valid), _ptr(z), _ptr(entropy),
         batch, rows, groups, width, block_table.shape[1], block_size,
     )  # fmt: skip
     return z, entropy
@@ -344,11 +350,12 @@ def route_decide(
     lib = library()
     assert lib is not None
     t, k_max = z.shape[0], sizes.k_max
+    z, entropy, positions = z.contiguous(), entropy.contiguous(), positions.contiguous()
     group, k = positions.new_empty(t), positions.new_empty(t)
     experts, scores = positions.new_empty(t, k_max), z.new_empty(t, k_max)
     norm_entropy = z.new_empty(t)
     lib.hagmoe_route_decide(
-        _ptr(z.contiguous()), _ptr(entropy.contiguous()), _ptr(positions.contiguous()),
+        _ptr(z), _ptr(entropy), _ptr(positions),
         _ptr(group), _ptr(experts), _ptr(scores), _ptr(k), _ptr(norm_entropy),
         t, sizes.num_groups, sizes.experts_per_group, sizes.k_min, k_max,
         sizes.entropy_alpha, entropy_mean, k_override or 0,

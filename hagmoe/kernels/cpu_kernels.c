@@ -159,55 +159,68 @@ static void head_means(const float *p, float *mix, int64_t heads, int64_t coarse
  * L = blocks_per_seq * bs: over heads [0, coarse), then [coarse, heads), zero outside
  * [first, pos]. Rows with valid[r] == 0 (valid may be NULL: all rows) are zero.
  * Returns 0, or -1 when scratch memory ran out. */
+/* Heads [h0, h1) of one query row qr [H, hd] against its keys [first, length) through table:
+ * p into pb [H, L] (those heads' rows), out row [H, hd] (those heads' slices). */
+static void attend_heads(const float *qr, const float *cache, const int64_t *table, float *orow,
+                         float *pb, int64_t h0, int64_t h1, int64_t rep, int64_t width,
+                         int64_t hd, int64_t keys, int64_t bs, int64_t first, int64_t length,
+                         float scale) {
+    for (int64_t i = h0 * hd; i < h1 * hd; i++) orow[i] = 0.f;
+    /* scores, row by row of the cache: every head's K slice of position j at once */
+    for (int64_t j = first; j < length; j++) {
+        const float *k = cache + (table[j / bs] * bs + j % bs) * 2 * width;
+        for (int64_t h = h0; h < h1; h++) {
+            vec s = {0};
+            for (int64_t c = 0; c < hd; c += LANES)
+                s += load(qr + h * hd + c) * load(k + h / rep * hd + c);
+            pb[h * keys + j] = hsum(s) * scale;
+        }
+    }
+    for (int64_t h = h0; h < h1; h++) {
+        float *p = pb + h * keys, top = -INFINITY, total = 0.f;
+        for (int64_t j = first; j < length; j++) top = p[j] > top ? p[j] : top;
+        for (int64_t j = first; j < length; j++) p[j] = exp_approx(p[j] - top);
+        for (int64_t j = first; j < length; j++) total += p[j];
+        for (int64_t j = first; j < length; j++) p[j] /= total;
+    }
+    for (int64_t j = first; j < length; j++) {
+        const float *v = cache + (table[j / bs] * bs + j % bs) * 2 * width + width;
+        for (int64_t h = h0; h < h1; h++) {
+            float w = pb[h * keys + j];
+            for (int64_t c = 0; c < hd; c += LANES)
+                *(vec *)(orow + h * hd + c) += w * load(v + h / rep * hd + c);
+        }
+    }
+}
+
 int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *block_table,
                            const int64_t *query_pos, const uint8_t *valid, float *out, float *mix,
                            int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,
                            int64_t hd, int64_t blocks_per_seq, int64_t bs, float scale,
                            int64_t window, int64_t coarse, int threads) {
     int64_t rep = heads / kv_heads, width = kv_heads * hd, keys = blocks_per_seq * bs;
+    /* Few rows: threads also split a row's kv heads (not with mix: head means need them all). */
+    int64_t split = mix || batch * rows >= 2 * threads ? 1 : kv_heads;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         float *pb = malloc((heads * keys + 1) * sizeof *pb); /* p [H, L] of one row */
         failed = pb == NULL;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t r = 0; r < batch * rows; r++) {
+        for (int64_t item = 0; item < batch * rows * split; item++) {
             if (!pb) continue;
-            const float *qr = q + r * heads * hd;
+            int64_t r = item / split, h0 = item % split * rep, h1 = split == 1 ? heads : h0 + rep;
             float *orow = out + r * heads * hd, *mrow = mix ? mix + r * 2 * keys : NULL;
-            for (int64_t i = 0; i < heads * hd; i++) orow[i] = 0.f;
             if (valid && !valid[r]) {
+                for (int64_t i = h0 * hd; i < h1 * hd; i++) orow[i] = 0.f;
                 if (mrow) memset(mrow, 0, 2 * keys * sizeof *mrow);
                 continue;
             }
             int64_t length = query_pos[r] + 1;
             int64_t first = window > 0 && length > window ? length - window : 0;
             const int64_t *table = block_table + (r / rows) * blocks_per_seq;
-            /* scores, row by row of the cache: every head's K slice of position j at once */
-            for (int64_t j = first; j < length; j++) {
-                const float *k = cache + (table[j / bs] * bs + j % bs) * 2 * width;
-                for (int64_t h = 0; h < heads; h++) {
-                    vec s = {0};
-                    for (int64_t c = 0; c < hd; c += LANES)
-                        s += load(qr + h * hd + c) * load(k + h / rep * hd + c);
-                    pb[h * keys + j] = hsum(s) * scale;
-                }
-            }
-            for (int64_t h = 0; h < heads; h++) {
-                float *p = pb + h * keys, top = -INFINITY, total = 0.f;
-                for (int64_t j = first; j < length; j++) top = p[j] > top ? p[j] : top;
-                for (int64_t j = first; j < length; j++) p[j] = exp_approx(p[j] - top);
-                for (int64_t j = first; j < length; j++) total += p[j];
-                for (int64_t j = first; j < length; j++) p[j] /= total;
-            }
-            for (int64_t j = first; j < length; j++) {
-                const float *v = cache + (table[j / bs] * bs + j % bs) * 2 * width + width;
-                for (int64_t h = 0; h < heads; h++) {
-                    float w = pb[h * keys + j];
-                    for (int64_t c = 0; c < hd; c += LANES)
-                        *(vec *)(orow + h * hd + c) += w * load(v + h / rep * hd + c);
-                }
-            }
+            attend_heads(q + r * heads * hd, cache, table, orow, pb, h0, h1, rep, width, hd, keys,
+                         bs, first, length, scale);
             if (mrow) head_means(pb, mrow, heads, coarse, keys, first, length);
         }
         free(pb);

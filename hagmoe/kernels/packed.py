@@ -9,6 +9,7 @@ T tokens, K experts a token, E experts, F expert FFN size, d hidden size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,27 @@ class PackedLinear:
             wide = torch.matmul(flat, self.panels).permute(1, 0, 2).reshape(flat.shape[0], -1)
             out = wide[:, : self.n] if bias is None else wide[:, : self.n] + bias
         return out.view(*lead, self.n)
+
+
+def fuse(parts: Sequence[PackedLinear]) -> PackedLinear | None:
+    """One PackedLinear computing `parts` side by side (x @ [w_0; w_1; ...]^T): their panels
+    (and scales) concatenated, each part then holding views into them, so the weights stay
+    held once. None where the parts differ in format, inner size or group, or a part before
+    the last ends inside a panel."""
+    first = parts[0]
+    same = all((p.fmt, p.k, p.group) == (first.fmt, first.k, first.group) for p in parts)
+    if not same or any(p.n % cpu.PANEL for p in parts[:-1]):
+        return None
+    panels = torch.cat([p.panels for p in parts])  # [sum P, k, 32]
+    part_scales = [p.scales for p in parts if p.scales is not None]
+    scales = torch.cat(part_scales) if part_scales else None  # [sum P, ng, 32]
+    start = 0
+    for p in parts:
+        end = start + p.panels.shape[0]
+        p.panels = panels[start:end]
+        p.scales = None if scales is None else scales[start:end]
+        start = end
+    return PackedLinear(first.fmt, sum(p.n for p in parts), first.k, first.group, panels, scales)
 
 
 @dataclass(slots=True, eq=False)

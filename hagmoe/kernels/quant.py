@@ -111,12 +111,12 @@ def linear_q(
     lib = cpu.library()
     assert lib is not None
     fmt, scale_bf16 = _codes(panels, scales)
-    x = x.contiguous()
+    x, bias = x.contiguous(), None if bias is None else bias.contiguous()  # held for the call
     m, k = x.shape
     assert panels.shape[1] == k and x.dtype == torch.float32
     out = x.new_empty(m, n)
     lib.hagmoe_linear_q(
-        _addr(x), _addr(panels), _addr(scales), _addr(None if bias is None else bias.contiguous()),
+        _addr(x), _addr(panels), _addr(scales), _addr(bias),
         _addr(out), m, k, n, group, fmt, scale_bf16, torch.get_num_threads(),
     )  # fmt: skip
     return out
@@ -139,13 +139,15 @@ def moe_swiglu_q(
     gate_up, down = panels
     gu_scales, down_scales = scales if scales is not None else (None, None)
     fmt, scale_bf16 = _codes(gate_up, gu_scales)
+    assert down.is_contiguous()
     num_experts, _, d, _ = gate_up.shape
     ffn = down.shape[2]
     tokens, k = experts.shape
+    x, experts, scores = x.contiguous(), experts.contiguous(), scores.contiguous()  # held
     out = torch.zeros_like(x)  # [T, d]
     status = lib.hagmoe_moe_swiglu_q(
-        _addr(x.contiguous()), _addr(experts.contiguous()), _addr(scores.contiguous()),
-        tokens, k, _addr(gate_up), _addr(gu_scales), _addr(down.contiguous()),
+        _addr(x), _addr(experts), _addr(scores),
+        tokens, k, _addr(gate_up), _addr(gu_scales), _addr(down),
         _addr(down_scales), _addr(out), num_experts, d, ffn, *groups, fmt, scale_bf16,
         torch.get_num_threads(),
     )  # fmt: skip

@@ -1,10 +1,11 @@
 /* Weight-only bfloat16 and int8 CPU kernels: the dense linear and the MoE SwiGLU experts of
  * cpu_kernels.c over panels of 16-bit or 8-bit weights. Activations and accumulation stay in
  * float32: a tile widens each panel row to float32 in registers (bf16: the 16 bits moved into the
- * high half; int8: sign-extended, converted and multiplied by its group's scale) and then runs
- * the float32 kernel's FMAs. The instruction set is the compiler's choice for the build flags
- * (-march=native, or x86-64-v3 when the AVX2 path is forced); nothing here rounds activations to
- * bf16 or int8, so AVX-512 BF16 dot products and VNNI are not used.
+ * high half; int8: sign-extended and converted) and runs the float32 kernel's FMAs; int8 sums
+ * x * q over each group of inner indices, then adds that sum times the group's scale. The
+ * instruction set is the compiler's choice for the build flags (-march=native, or x86-64-v3 when
+ * the AVX2 path is forced); nothing here rounds activations to bf16 or int8, so AVX-512 BF16 dot
+ * products and VNNI are not used.
  *
  * Panels as in cpu_kernels.c, element type by format (WEIGHT_BF16: uint16 bf16 bits,
  * WEIGHT_INT8: int8), with int8 scales (float32, or bf16 bits when scale_bf16) per output column
@@ -69,16 +70,21 @@ ALWAYS_INLINE void qtile(int R, const float *x, int64_t ldx, const void *panel,
     } else {
         const int8_t *p = panel;
         for (int64_t g = 0; g * w->group < k; g++) {
-            vec s0 = scale_load(scales, w->scale_bf16, g * PANEL);
-            vec s1 = scale_load(scales, w->scale_bf16, g * PANEL + LANES);
             int64_t end = (g + 1) * w->group < k ? (g + 1) * w->group : k;
+            vec t0[QTILE] = {0}, t1[QTILE] = {0}; /* the group's sums of x * q */
             for (int64_t c = g * w->group; c < end; c++) {
-                vec p0 = i8_load(p + c * PANEL) * s0, p1 = i8_load(p + c * PANEL + LANES) * s1;
+                vec p0 = i8_load(p + c * PANEL), p1 = i8_load(p + c * PANEL + LANES);
                 for (int r = 0; r < R; r++) {
                     float xv = x[r * ldx + c];
-                    a0[r] += xv * p0;
-                    a1[r] += xv * p1;
+                    t0[r] += xv * p0;
+                    t1[r] += xv * p1;
                 }
+            }
+            vec s0 = scale_load(scales, w->scale_bf16, g * PANEL);
+            vec s1 = scale_load(scales, w->scale_bf16, g * PANEL + LANES);
+            for (int r = 0; r < R; r++) {
+                a0[r] += t0[r] * s0;
+                a1[r] += t1[r] * s1;
             }
         }
     }

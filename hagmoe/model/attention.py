@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.packed import PackedLinear, fuse
 from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.linear import Linear
-from hagmoe.model.rope import apply_rope, rope_cos_sin
+from hagmoe.model.rope import apply_rope
 
 KERNEL_QUERY_KEYS = 128 * 512  # query rows x key positions of a segment's sequence
 
@@ -38,6 +39,9 @@ class HeadMix:
 
 class Attention(nn.Module):
     """q/k/v/o projections; attention probabilities are materialised because routing needs them."""
+
+    qkv: PackedLinear | None = None  # q, k, v fused once packed (fuse_projections)
+    qkv_bias: Tensor | None = None
 
     def __init__(self, config: ModelConfig, keep_head_mix: bool) -> None:
         super().__init__()
@@ -61,14 +65,22 @@ class Attention(nn.Module):
             self.q_norm = nn.RMSNorm(q_size, eps=config.norm_eps)
             self.k_norm = nn.RMSNorm(k_size, eps=config.norm_eps)
 
+    def fuse_projections(self) -> None:
+        """Once q/k/v are packed in place: one kernel call projects all three (their modules
+        keep views of the fused panels); nothing changes where they cannot be fused."""
+        parts = [m.packed for m in (self.q_proj, self.k_proj, self.v_proj)]
+        if any(p is None for p in parts):
+            return
+        self.qkv = fuse(parts)  # type: ignore[arg-type]
+        biases = [m.bias for m in (self.q_proj, self.k_proj, self.v_proj)]
+        self.qkv_bias = None if biases[0] is None else torch.cat(biases).detach()  # type: ignore[arg-type]
+
     def forward(self, a: Tensor, ctx: ForwardContext, layer: int) -> tuple[Tensor, list[HeadMix]]:
         """a [T, d] (normed) -> o_proj(Attn(a)) [T, d], and each segment's head mix."""
         t = a.shape[0]
         q, k, v = self._project(a)
         if self.rope_theta is not None:
-            cos, sin = rope_cos_sin(
-                ctx.positions, self.head_dim, self.rope_theta, q.dtype, self.rope_scaling
-            )
+            cos, sin = ctx.rope(self.head_dim, self.rope_theta, q.dtype, self.rope_scaling)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         kv = torch.cat((k.reshape(t, -1), v.reshape(t, -1)), dim=1)  # [T, 2*Hkv*hd]
         ctx.write(layer, 0, kv)
@@ -149,7 +161,12 @@ class Attention(nn.Module):
     def _project(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a [T, d] -> q [T, H, hd], k and v [T, Hkv, hd]: projected, q/k normed, clipped."""
         t, hd = a.shape[0], self.head_dim
-        q, k, v = self.q_proj(a), self.k_proj(a), self.v_proj(a)
+        if self.qkv is not None:
+            kv_width = self.num_kv_heads * hd
+            y = self.qkv(a, self.qkv_bias)  # [T, (H + 2 Hkv) hd]
+            q, k, v = y.split((self.num_heads * hd, kv_width, kv_width), dim=1)
+        else:
+            q, k, v = self.q_proj(a), self.k_proj(a), self.v_proj(a)
         if self.qk_norm_type == "projection":
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.view(t, -1, hd), k.view(t, -1, hd), v.view(t, -1, hd)

@@ -282,6 +282,16 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
 # Named configurations. small / medium / large follow MODEL.md's table; the research description
 # gives no vocabulary or expert FFN size, so we chose V = 32,000 and F as below (fine-grained
 # experts, F shrinking as N grows). "bench" is the anchor shape of shared/anchors; "tiny" is for tests.
+_TOPK: dict[str, Any] = dict(  # what hf_import's config_map gives a Mixtral
+    router="linear",
+    normalize_topk=True,
+    feedback_dim=0,
+    position="rope",
+    norm="rmsnorm",
+    attn_bias=False,
+    tie_embeddings=False,
+    max_position=4096,
+)
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vocab_size=320,
@@ -307,6 +317,31 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         k_min=1,
         k_max=4,
         feedback_dim=32,
+    ),
+    # Issue 18's CPU shapes, the standard top-k family (Mixtral's layout): S is the bench shape
+    # with a linear router, M is granite-1b-a400m's class (1.3 B parameters, 0.41 B a token).
+    "topk-s": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        ffn_size=512,
+        num_groups=1,
+        experts_per_group=16,
+        **_TOPK,
+        top_k=2,
+    ),
+    "topk-m": dict(
+        vocab_size=32000,
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        num_kv_heads=8,
+        ffn_size=512,
+        num_groups=1,
+        experts_per_group=32,
+        **_TOPK,
+        top_k=8,
     ),
     "small": dict(
         vocab_size=32000,

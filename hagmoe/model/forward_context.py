@@ -15,12 +15,17 @@ the sequence's length are masked like future ones), or, on the CPU, attends to t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
 
+from hagmoe.model.rope import rope_cos_sin
 from hagmoe.model.routing import LayerRouting
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -84,6 +89,7 @@ class ForwardContext:
     return_routing: bool = False  # fill `routing` with each layer's decisions
     training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
+    _cached: dict[Hashable, Any] = field(default_factory=dict)
 
     @property
     def keeps_routing(self) -> bool:
@@ -108,6 +114,31 @@ class ForwardContext:
             return_routing=return_routing,
             training=training,
         )
+
+    def cached(self, key: Hashable, make: Callable[[], T]) -> T:
+        """make(), computed once per forward pass (what every layer derives alike)."""
+        if key not in self._cached:
+            self._cached[key] = make()
+        return cast(T, self._cached[key])
+
+    def rope(
+        self, head_dim: int, theta: float, dtype: torch.dtype, scaling: dict[str, Any] | None
+    ) -> tuple[Tensor, Tensor]:
+        """cos, sin [T, hd] of `positions` (rope_cos_sin), computed once per forward pass."""
+        return self.cached(
+            ("rope", head_dim, theta, dtype, repr(scaling)),
+            lambda: rope_cos_sin(self.positions, head_dim, theta, dtype, scaling),
+        )
+
+    @property
+    def decode_segment(self) -> Segment | None:
+        """The step's one segment when it is a paged decode step (one row per sequence, the
+        flat tokens in order); else None."""
+        if self.kv_caches is None or len(self.segments) != 1:
+            return None
+        seg = self.segments[0]
+        plain = seg.token_index is None and seg.valid is None and seg.block_table is not None
+        return seg if plain and seg.query_pos.shape[1] == 1 else None
 
     def write(self, layer: int, part: int, values: Tensor) -> None:
         """Store this step's values [T, w] in cache part `part` of `layer` (paged mode only)."""

@@ -3,25 +3,32 @@ expert (imported families), feedback."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from hagmoe.kernels import cpu
+from hagmoe.kernels.decode_layer import DecodeRows, TopkDecodeLayer
 from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.attention import Attention
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.experts import Experts
 from hagmoe.model.feedback import Feedback
-from hagmoe.model.forward_context import ForwardContext
+from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.norms import make_norm
 from hagmoe.model.router import AttentionRouter, LinearRouter
+from hagmoe.model.routing import LayerRouting
 from hagmoe.model.shared_expert import SharedExpert
 
 
 class DecoderLayer(nn.Module):
     """x [T, d] -> x_out [T, d] as in MODEL.md's "One layer"."""
 
+    decode_kernel: TopkDecodeLayer | None = None  # the one-call decode layer (fuse_for_decode)
+
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         self.index = index
+        self.config = config
         attention_routed = config.router == "attention"
         self.attn_norm = make_norm(config)
         self.attn = Attention(config, keep_head_mix=attention_routed)
@@ -33,7 +40,51 @@ class DecoderLayer(nn.Module):
         self.shared_expert = SharedExpert(config) if config.shared_expert_size > 0 else None
         self.feedback = Feedback(config) if config.feedback > 0 else None
 
+    def fuse_for_decode(self) -> None:
+        """Once packed in place: q/k/v in one call, and for the top-k family (linear router, no
+        feedback, no shared expert, no q/k norm or clipping) the whole layer in one call on
+        decode steps; nothing changes where that does not apply."""
+        self.attn.fuse_projections()
+        attn, cfg = self.attn, self.config
+        experts = self.experts.packed
+        if (
+            attn.qkv is None
+            or attn.o_proj.packed is None
+            or not isinstance(self.router, LinearRouter)
+            or self.router.gate.packed is None
+            or experts is None
+            or self.feedback is not None
+            or self.shared_expert is not None
+            or cfg.qk_norm_type is not None
+            or cfg.clip_qkv is not None
+            or attn.head_dim % cpu.LANES
+        ):
+            return
+        norms = tuple((n.weight, getattr(n, "bias", None)) for n in (self.attn_norm, self.moe_norm))
+        sizes = (
+            attn.num_heads,
+            attn.num_kv_heads,
+            attn.head_dim,
+            cfg.top_k,
+            cfg.sliding_window or 0,
+        )
+        self.decode_kernel = TopkDecodeLayer.build(
+            norms,  # type: ignore[arg-type]
+            (attn.qkv, attn.qkv_bias),
+            (attn.o_proj.packed, attn.o_proj.bias),
+            self.router.gate.packed,
+            experts,
+            sizes,
+            cfg.norm_eps,
+            cfg.normalize_topk,
+            attn.rope_theta is not None,
+        )
+
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        if self.decode_kernel is not None and ctx.training is None and cpu.enabled_for(x):
+            seg = ctx.decode_segment
+            if seg is not None and self.decode_kernel.takes(x.shape[0]):
+                return self._decode(x, ctx, seg)
         attn_out, mixes = self.attn(self.attn_norm(x), ctx, self.index)
         h = x + attn_out
         u = self.moe_norm(h)
@@ -50,3 +101,29 @@ class DecoderLayer(nn.Module):
         if self.feedback is not None:
             o = self.feedback(o, routing.experts, routing.scores)
         return h + o
+
+    def _decode(self, x: Tensor, ctx: ForwardContext, seg: Segment) -> Tensor:
+        """The decode step through the one-call layer (decode_kernel)."""
+        slots, table, attn = ctx.slot_mapping, seg.block_table, self.attn
+        assert self.decode_kernel is not None and ctx.kv_caches is not None
+        assert slots is not None and table is not None
+        theta = attn.rope_theta
+        rows = ctx.cached(
+            "decode_rows",
+            lambda: DecodeRows.build(
+                None
+                if theta is None
+                else ctx.rope(attn.head_dim, theta, x.dtype, attn.rope_scaling),
+                slots,
+                table,
+                seg.query_pos,
+                seg.block_size,
+            ),
+        )
+        out, experts, scores = self.decode_kernel(x, rows, ctx.kv_caches[self.index][0])
+        if ctx.keeps_routing:
+            k = torch.full_like(experts[:, 0], self.config.top_k)
+            ctx.routing.append(
+                LayerRouting(torch.full_like(k, -1), experts, scores, k, scores.new_zeros(k.shape))
+            )
+        return out

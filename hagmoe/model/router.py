@@ -197,7 +197,8 @@ class LinearRouter(nn.Module):
         logits = self.gate(u)  # [T, N]
         p = torch.softmax(logits, dim=-1)
         k = torch.full((u.shape[0],), cfg.top_k, dtype=torch.long, device=u.device)
-        experts, scores = top_experts(p, cfg.top_k, k)
+        ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)  # ties -> lower index
+        scores, experts = ranked[:, : cfg.top_k], order[:, : cfg.top_k]  # [T, K]
         if cfg.normalize_topk:
             scores = scores / scores.sum(-1, keepdim=True)
         return LayerRouting(

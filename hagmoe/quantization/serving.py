@@ -13,6 +13,7 @@ import torch
 from hagmoe.errors import ConfigError
 from hagmoe.kernels.packed import PackedLinear
 from hagmoe.model.experts import Experts
+from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.linear import Linear
 from hagmoe.model.model import HagMoEModel
 from hagmoe.quantization.format import WeightFormat
@@ -40,6 +41,9 @@ def pack_for_serving(model: HagMoEModel, fmt: WeightFormat) -> HagMoEModel:
                 logger.warning(
                     "experts %s keep float32 weights: sizes the kernels do not take", name
                 )
+        for layer in model.modules():
+            if isinstance(layer, DecoderLayer):
+                layer.fuse_for_decode()
         if model.head_packed is None:
             head = model.embed.weight if model.lm_head is None else model.lm_head.weight
             model.head_packed = PackedLinear.from_weight(head, fmt)

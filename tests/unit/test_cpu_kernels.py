@@ -104,6 +104,21 @@ def test_moe_matches_float64(num_tokens: int, k: int, f: int, d: int) -> None:
     assert torch.allclose(got.double(), moe_reference(x, chosen, scores, w), atol=1e-5)
 
 
+def test_moe_takes_strided_inputs() -> None:
+    """Routing sliced out of a wider sort (strided views), as the linear router hands it over:
+    the kernel reads contiguous copies that live through the call."""
+    n, f, d, tokens = 8, 48, 32, 24
+    w = experts(n, f, d, seed=3)
+    x = torch.randn(tokens, 2 * d, generator=torch.Generator().manual_seed(2))[:, ::2]
+    logits = torch.randn(tokens, n, generator=torch.Generator().manual_seed(4))
+    scores, chosen = torch.sort(torch.softmax(logits, -1), dim=-1, descending=True)
+    scores, chosen = scores[:, :2], chosen[:, :2]
+    ref = moe_reference(x, chosen, scores, w)
+    for _ in range(3):  # freed copies would be reused by the next allocations
+        got = cpu.moe_swiglu(x, chosen, scores, *cpu.pack_experts(*w))
+        assert torch.allclose(got.double(), ref, atol=1e-5)
+
+
 def paged_keys(
     lengths: list[int], kv_heads: int, hd: int, block_size: int, seed: int
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -174,6 +189,21 @@ def test_paged_attention_matches_float64(
             assert torch.allclose(mix[b, i].double(), expected, atol=1e-6)
     no_mix, same = cpu.paged_attention(q, *args, None)
     assert no_mix is None and torch.equal(same, out)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_paged_attention_splits_heads_of_few_rows_exactly(kv_heads: int) -> None:
+    """Without head means, one or two rows are split over kv heads across threads: the same
+    sums as the row-parallel path that the float64 test checks, bit for bit."""
+    hd, block_size = 16, 4
+    for lengths in ([9], [3, 13]):
+        cache, table, _ = paged_keys(lengths, kv_heads, hd, block_size, seed=kv_heads)
+        q = torch.randn(len(lengths), 1, 4, hd, generator=torch.Generator().manual_seed(7))
+        pos, valid = query_rows(lengths, 1)
+        args = (cache, table, pos, valid, block_size, kv_heads, None)
+        _, whole = cpu.paged_attention(q, *args, 2)
+        mix, split = cpu.paged_attention(q, *args, None)
+        assert mix is None and torch.equal(split, whole)
 
 
 def test_float32_engine_decodes_on_kernels_like_float64_forward() -> None:

@@ -125,6 +125,27 @@ def test_packing_in_place_holds_the_weights_once(name: str) -> None:
     assert rel_err(again.detach(), got.double()) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["none", "bf16", "int8"])
+def test_fused_projections_hold_the_weights_once(name: str) -> None:
+    """q/k/v packed into one call: the modules' panels are views of the fused ones, and the
+    logits are those of three separate calls (rope and GQA on; learned positions, biases)."""
+    for cfg in (named_config("tiny", num_kv_heads=2, position="rope"), named_config("tiny")):
+        model = random_model(cfg, seed=3)
+        ids = torch.arange(1, 20)[None]
+        with torch.inference_mode():
+            pack_for_serving(model, WeightFormat.named(name))
+            fused = model.forward_full(ids).logits
+            for layer in model.layers:
+                attn = layer.attn
+                assert attn.qkv is not None and attn.q_proj.packed is not None
+                storage = attn.qkv.panels.untyped_storage().data_ptr()
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                    assert proj.packed.panels.untyped_storage().data_ptr() == storage
+                attn.qkv = None
+            separate = model.forward_full(ids).logits
+        torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
+
+
 def test_quantised_engine_round_trip(tmp_path: os.PathLike[str]) -> None:
     """save -> LLM(folder, quantization) -> greedy tokens; int8 agrees with f32 on most."""
     model = random_model(named_config("tiny"), seed=5)

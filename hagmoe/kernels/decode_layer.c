@@ -1,0 +1,171 @@
+/* One decoder layer of the standard top-k family (linear router, no feedback, no shared expert)
+ * for a decode step, in one call: B sequences, one new row each, the paged cache written and
+ * read in place. The layer's math is the model's (MODEL.md "One layer"):
+ *   a = norm(x);  q, k, v = a W_qkv^T (+ b);  rope(q, k);  cache[slot] = k, v
+ *   x = x + o_proj(attention(q, cache));  u = norm(x)
+ *   p = softmax(u W_gate^T);  experts, scores = top_k(p) (ties: the lower index; renormalised
+ *   when normalize_topk);  x = x + sum_k scores[k] * E_{experts[k]}(u)
+ * through the kernels of cpu_kernels.c / quant_kernels.c (each parallel over its own outputs),
+ * so the results are those of the per-op path up to the norms' and softmax's rounding.
+ * Legend: B rows (sequences), d hidden size, H query heads, Hkv key/value heads, hd head dim,
+ * W = (H + 2 Hkv) hd, N experts, K = top_k, nb blocks per sequence, bs block size.
+ */
+#include "kernels.h"
+
+void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
+                   int64_t k, int64_t n, int threads);
+void hagmoe_linear_q(const float *x, const void *panels, const void *scales, const float *bias,
+                     float *out, int64_t m, int64_t k, int64_t n, int64_t group, int fmt,
+                     int scale_bf16, int threads);
+int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *block_table,
+                           const int64_t *query_pos, const uint8_t *valid, float *out, float *mix,
+                           int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,
+                           int64_t hd, int64_t blocks_per_seq, int64_t bs, float scale,
+                           int64_t window, int64_t coarse, int threads);
+int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
+                      int64_t k, const float *gate_up, const float *down, float *out,
+                      int64_t experts, int64_t d, int64_t F, int threads);
+int hagmoe_moe_swiglu_q(const float *x, const int64_t *chosen, const float *scores,
+                        int64_t tokens, int64_t k, const void *gate_up, const void *gate_up_scales,
+                        const void *down, const void *down_scales, float *out, int64_t experts,
+                        int64_t d, int64_t F, int64_t group_d, int64_t group_F, int fmt,
+                        int scale_bf16, int threads);
+
+/* A packed weight [n, k]: float32 (fmt 0), bf16 (1) or int8 (2) panels, as quant.py lays out. */
+typedef struct {
+    const void *panels, *scales;
+    const float *bias; /* [n] or NULL */
+    int64_t n, k, group;
+    int32_t fmt, scale_bf16;
+} hagmoe_weight;
+
+/* One layer's experts in the MoE kernels' layout (quant.to_expert_panels). */
+typedef struct {
+    const void *gate_up, *gate_up_scales, *down, *down_scales;
+    int64_t experts, d, F, group_d, group_F;
+    int32_t fmt, scale_bf16;
+} hagmoe_expert_weights;
+
+typedef struct {
+    const float *attn_norm_w, *attn_norm_b, *moe_norm_w, *moe_norm_b; /* b NULL: RMSNorm */
+    hagmoe_weight qkv, o, gate;
+    hagmoe_expert_weights experts;
+    int64_t heads, kv_heads, hd, top_k, window; /* window 0: none */
+    float norm_eps;
+    int32_t normalize_topk, rope;
+} hagmoe_topk_layer;
+
+/* A decode step's rows: cos / sin [B, hd] (NULL without rope), slot_mapping [B], block_table
+ * [B, nb], query_pos [B]. */
+typedef struct {
+    const float *cos, *sin;
+    const int64_t *slot_mapping, *block_table, *query_pos;
+    int64_t batch, blocks_per_seq, block_size;
+    int32_t threads;
+} hagmoe_decode_rows;
+
+static void linear_any(const hagmoe_weight *w, const float *x, float *out, int64_t m, int threads) {
+    if (w->fmt == 0)
+        hagmoe_linear(x, w->panels, w->bias, out, m, w->k, w->n, threads);
+    else
+        hagmoe_linear_q(x, w->panels, w->scales, w->bias, out, m, w->k, w->n, w->group, w->fmt,
+                        w->scale_bf16, threads);
+}
+
+/* out [B, d] = LayerNorm (b != NULL) or RMSNorm of x [B, d] with weight w. */
+static void norm_rows(const float *x, const float *w, const float *b, float *out, int64_t rows,
+                      int64_t d, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        float mean = 0.f, var = 0.f;
+        if (b) {
+            for (int64_t i = 0; i < d; i++) mean += xr[i];
+            mean /= (float)d;
+        }
+        for (int64_t i = 0; i < d; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        float inv = 1.f / sqrtf(var / (float)d + eps);
+        for (int64_t i = 0; i < d; i++)
+            out[r * d + i] = (xr[i] - mean) * inv * w[i] + (b ? b[i] : 0.f);
+    }
+}
+
+/* Rotate-half rope of `heads` heads [hd] of one row in place with cos / sin [hd]. */
+static void rope_heads(float *v, int64_t heads, int64_t hd, const float *cos, const float *sin) {
+    int64_t half = hd / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        float *x = v + h * hd;
+        for (int64_t i = 0; i < half; i++) {
+            float x1 = x[i], x2 = x[i + half];
+            x[i] = x1 * cos[i] - x2 * sin[i];
+            x[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+        }
+    }
+}
+
+/* experts / scores [K] of one row's gate logits [N]: softmax, the K largest (ties: the lower
+ * index), renormalised over the K when `normalize`. */
+static void top_k_row(const float *logits, int64_t n, int64_t k, int normalize, int64_t *experts,
+                      float *scores, float *p) {
+    float top = -INFINITY, total = 0.f;
+    for (int64_t e = 0; e < n; e++) top = logits[e] > top ? logits[e] : top;
+    for (int64_t e = 0; e < n; e++) total += p[e] = expf(logits[e] - top);
+    for (int64_t e = 0; e < n; e++) p[e] /= total;
+    float kept = 0.f;
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < n; e++)
+            if (p[e] >= 0.f && (best < 0 || p[e] > p[best])) best = e;
+        experts[j] = best;
+        kept += scores[j] = p[best];
+        p[best] = -1.f; /* taken */
+    }
+    if (normalize)
+        for (int64_t j = 0; j < k; j++) scores[j] /= kept;
+}
+
+static int moe_any(const hagmoe_expert_weights *w, const float *u, const int64_t *chosen,
+                   const float *scores, float *out, int64_t rows, int64_t k, int threads) {
+    if (w->fmt == 0)
+        return hagmoe_moe_swiglu(u, chosen, scores, rows, k, w->gate_up, w->down, out,
+                                 w->experts, w->d, w->F, threads);
+    return hagmoe_moe_swiglu_q(u, chosen, scores, rows, k, w->gate_up, w->gate_up_scales, w->down,
+                               w->down_scales, out, w->experts, w->d, w->F, w->group_d, w->group_F,
+                               w->fmt, w->scale_bf16, threads);
+}
+
+/* x [B, d] -> the layer's output, in place; the cache [num_slots, 2 Hkv hd] gets each row's
+ * K, V; chosen / scores [B, K] get the routing. Returns 0, or -1 when memory ran out. */
+int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_rows *s, float *x,
+                             float *cache, int64_t *chosen, float *scores) {
+    int64_t B = s->batch, d = L->qkv.k, hd = L->hd, H = L->heads, width = L->kv_heads * hd;
+    int64_t W = H * hd + 2 * width, N = L->gate.n, K = L->top_k;
+    float *a = malloc((B * (d + W + H * hd + d + N) + N) * sizeof *a);
+    if (!a) return -1;
+    float *y = a + B * d, *q = y + B * W, *o = q + B * H * hd, *logits = o + B * d;
+    float *p = logits + B * N;
+    norm_rows(x, L->attn_norm_w, L->attn_norm_b, a, B, d, L->norm_eps);
+    linear_any(&L->qkv, a, y, B, s->threads); /* [B, W]: q, k, v */
+    for (int64_t r = 0; r < B; r++) {
+        float *yr = y + r * W;
+        if (L->rope) {
+            rope_heads(yr, H, hd, s->cos + r * hd, s->sin + r * hd);
+            rope_heads(yr + H * hd, L->kv_heads, hd, s->cos + r * hd, s->sin + r * hd);
+        }
+        memcpy(q + r * H * hd, yr, H * hd * sizeof *q);
+        memcpy(cache + s->slot_mapping[r] * 2 * width, yr + H * hd, 2 * width * sizeof *q);
+    }
+    int failed = hagmoe_paged_attention(q, cache, s->block_table, s->query_pos, NULL, y, NULL, B,
+                                        1, H, L->kv_heads, hd, s->blocks_per_seq, s->block_size,
+                                        1.f / sqrtf((float)hd), L->window, 0, s->threads);
+    linear_any(&L->o, y, o, B, s->threads); /* [B, d] */
+    for (int64_t i = 0; i < B * d; i++) x[i] += o[i];
+    norm_rows(x, L->moe_norm_w, L->moe_norm_b, a, B, d, L->norm_eps); /* u */
+    linear_any(&L->gate, a, logits, B, s->threads); /* [B, N] */
+    for (int64_t r = 0; r < B; r++)
+        top_k_row(logits + r * N, N, K, L->normalize_topk, chosen + r * K, scores + r * K, p);
+    memset(o, 0, B * d * sizeof *o);
+    failed |= moe_any(&L->experts, a, chosen, scores, o, B, K, s->threads);
+    for (int64_t i = 0; i < B * d; i++) x[i] += o[i];
+    free(a);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,135 @@
+"""The one-call decode layer of the top-k family (hagmoe/kernels/decode_layer.*): decode steps of
+a packed engine against the float64 full forward (float32) and against the per-op path of the
+same packed weights (every format), with rope + GQA + RMSNorm and with learned positions +
+LayerNorm + biases; routing records, fallbacks, and the layers it does not take."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+import torch
+
+from hagmoe.engine.config import EngineConfig
+from hagmoe.engine.engine_core import EngineCore
+from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.kernels.decode_layer import TopkDecodeLayer
+from hagmoe.model import named_config, random_model
+from hagmoe.model.config import ModelConfig
+from hagmoe.model.model import HagMoEModel
+from hagmoe.quantization.format import WeightFormat
+from hagmoe.quantization.serving import pack_for_serving
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine"
+)
+TOPK = dict(router="linear", feedback_dim=0, num_groups=1, experts_per_group=8)
+CONFIGS = {
+    "rope-gqa-rmsnorm": named_config(
+        "tiny", **TOPK, top_k=2, position="rope", norm="rmsnorm", num_kv_heads=2, attn_bias=False
+    ),
+    "learned-layernorm-bias": named_config("tiny", **TOPK, top_k=3, normalize_topk=True),
+}
+PROMPTS = [[5, 9, 2], [7] * 11, list(range(20, 29))]
+
+
+def packed(cfg: ModelConfig, quantization: str, fused: bool = True) -> HagMoEModel:
+    model = pack_for_serving(random_model(cfg, seed=4), WeightFormat.named(quantization))
+    for layer in model.layers:
+        assert layer.decode_kernel is not None
+        if not fused:
+            layer.decode_kernel = None
+    return model
+
+
+def decode(model: HagMoEModel, **config: Any) -> tuple[dict[str, list[torch.Tensor]], EngineCore]:
+    """Greedy decode of PROMPTS; each request's logits at every step."""
+    engine = EngineCore(model, None, EngineConfig(keep_logits=True, block_size=4, **config))
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    for i, p in enumerate(PROMPTS):
+        engine.add_request(f"r{i}", p, params)
+    logits: dict[str, list[torch.Tensor]] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            logits.setdefault(out.request_id, []).append(engine.last_logits[out.request_id])
+    return logits, engine
+
+
+def count_layer_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"n": 0}
+    original = TopkDecodeLayer.__call__
+
+    def spy(self: TopkDecodeLayer, *args: Any) -> Any:
+        calls["n"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(TopkDecodeLayer, "__call__", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_float32_decode_layer_matches_float64_forward(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = CONFIGS[name]
+    model64 = random_model(cfg, seed=4, dtype=torch.float64)
+    calls = count_layer_calls(monkeypatch)
+    engine = EngineCore(packed(cfg, "none"), None, EngineConfig(keep_logits=True, block_size=4))
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    reqs = {f"r{i}": engine.add_request(f"r{i}", p, params) for i, p in enumerate(PROMPTS)}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            seq = reqs[out.request_id].all_token_ids[:-1]
+            ref = model64.forward_full(torch.tensor([seq])).logits[0, -1]
+            got = engine.last_logits[out.request_id].double()
+            assert (got - ref).abs().max() / ref.abs().max() < 1e-4, out.request_id
+    assert calls["n"] >= 7 * cfg.num_layers  # every pure decode step, every layer
+
+
+@pytest.mark.parametrize("quantization", ["none", "bf16", "int8"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_decode_layer_matches_the_per_op_path(name: str, quantization: str) -> None:
+    """Same packed weights, same kernels: the one call and the per-op layer agree closely."""
+    fused, _ = decode(packed(CONFIGS[name], quantization))
+    per_op, _ = decode(packed(CONFIGS[name], quantization, fused=False))
+    for rid, steps in per_op.items():
+        for got, ref in zip(fused[rid], steps, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_routing_records_come_from_the_decode_layer() -> None:
+    """return_routing (and the server's statistics) see the one-call layers' choices."""
+    decisions = {}
+    for fused in (True, False):
+        engine = EngineCore(
+            packed(CONFIGS["learned-layernorm-bias"], "int8", fused),
+            None,
+            EngineConfig(block_size=4, collect_routing_stats=True),
+        )
+        params = SamplingParams(
+            max_new_tokens=6, temperature=0.0, ignore_eos=True, return_routing=True
+        )
+        engine.add_request("r", PROMPTS[1], params)
+        routing = []
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                routing += out.routing
+        decisions[fused] = routing
+    assert len(decisions[True]) == 6
+    for got, ref in zip(decisions[True], decisions[False], strict=True):
+        for a, b in zip(got, ref, strict=True):
+            assert (a.layer, a.group, a.experts, a.k) == (b.layer, b.group, b.experts, b.k)
+            assert a.scores == pytest.approx(b.scores, rel=1e-5)
+
+
+def test_layers_it_does_not_take_keep_the_per_op_path() -> None:
+    """The attention router, feedback and a shared expert are not fused."""
+    for cfg in (
+        named_config("tiny"),
+        named_config("tiny", router="linear", top_k=2),  # feedback on
+        named_config("tiny", **TOPK, shared_expert_size=32),
+    ):
+        model = pack_for_serving(random_model(cfg, seed=1), WeightFormat.named("none"))
+        assert all(layer.decode_kernel is None for layer in model.layers)
