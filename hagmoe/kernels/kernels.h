@@ -14,8 +14,10 @@
 
 typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#endif
+#ifdef __AVX512F__
 static inline float hsum(vec v) { return _mm512_reduce_add_ps((__m512)v); }
 #else
 static inline float hsum(vec v) {

@@ -42,8 +42,22 @@ ALWAYS_INLINE vec bf16_load(const uint16_t *p) {
     return (vec)(__builtin_convertvector(*(const u16v *)p, u32v) << 16);
 }
 
+/* Sign-extend and convert with the ISA's instructions: GCC 12 scalarises the generic
+ * conversion of int8 vectors (one movsbl + cvtsi2ss per weight). */
 ALWAYS_INLINE vec i8_load(const int8_t *p) {
+#if defined(__AVX512F__)
+    return (vec)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__)
+    __m256 halves[2] = {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)))),
+    };
+    vec v;
+    memcpy(&v, halves, sizeof v);
+    return v;
+#else
     return __builtin_convertvector(*(const i8v *)p, vec);
+#endif
 }
 
 ALWAYS_INLINE vec scale_load(const void *scales, int scale_bf16, int64_t index) {
