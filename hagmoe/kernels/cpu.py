@@ -59,7 +59,7 @@ _SIGNATURES = {
     "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
     "hagmoe_linear_q": [_P] * 5 + [_I64] * 4 + [_INT] * 3,
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
-    "hagmoe_topk_decode_layer": [_P] * 6,
+    "hagmoe_topk_decode_layer": [_P] * 7,
 }
 
 

@@ -133,14 +133,16 @@ static int moe_any(const hagmoe_expert_weights *w, const float *u, const int64_t
                                w->fmt, w->scale_bf16, threads);
 }
 
-/* x [B, d] -> the layer's output, in place; the cache [num_slots, 2 Hkv hd] gets each row's
+/* x [B, d] -> the layer's output x_out [B, d]; the cache [num_slots, 2 Hkv hd] gets each row's
  * K, V; chosen / scores [B, K] get the routing. Returns 0, or -1 when memory ran out. */
-int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_rows *s, float *x,
-                             float *cache, int64_t *chosen, float *scores) {
+int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_rows *s,
+                             const float *x_in, float *x, float *cache, int64_t *chosen,
+                             float *scores) {
     int64_t B = s->batch, d = L->qkv.k, hd = L->hd, H = L->heads, width = L->kv_heads * hd;
     int64_t W = H * hd + 2 * width, N = L->gate.n, K = L->top_k;
     float *a = malloc((B * (d + W + H * hd + d + N) + N) * sizeof *a);
     if (!a) return -1;
+    memcpy(x, x_in, B * d * sizeof *x);
     float *y = a + B * d, *q = y + B * W, *o = q + B * H * hd, *logits = o + B * d;
     float *p = logits + B * N;
     norm_rows(x, L->attn_norm_w, L->attn_norm_b, a, B, d, L->norm_eps);

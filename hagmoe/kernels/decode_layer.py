@@ -149,12 +149,12 @@ class TopkDecodeLayer:
         scores [B, K]; each row's K, V written into cache at its slot."""
         lib = cpu.library()
         assert lib is not None and cache.is_contiguous() and cache.dtype == torch.float32
-        out = x.contiguous().clone()
-        b = out.shape[0]
+        x = x.contiguous()
+        b = x.shape[0]
+        out, scores = x.new_empty(x.shape), x.new_empty(b, self.top_k)
         chosen = torch.empty(b, self.top_k, dtype=torch.int64)
-        scores = out.new_empty(b, self.top_k)
         status = lib.hagmoe_topk_decode_layer(
-            ctypes.byref(self.struct), ctypes.byref(rows.struct), out.data_ptr(),
+            ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), out.data_ptr(),
             cache.data_ptr(), chosen.data_ptr(), scores.data_ptr(),
         )  # fmt: skip
         if status != 0:

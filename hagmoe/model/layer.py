@@ -81,9 +81,13 @@ class DecoderLayer(nn.Module):
         )
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
-        if self.decode_kernel is not None and ctx.training is None and cpu.enabled_for(x):
+        if self.decode_kernel is not None and ctx.training is None:
             seg = ctx.decode_segment
-            if seg is not None and self.decode_kernel.takes(x.shape[0]):
+            if (
+                seg is not None
+                and self.decode_kernel.takes(x.shape[0])
+                and ctx.cached("cpu_kernels", lambda: cpu.enabled_for(x))
+            ):
                 return self._decode(x, ctx, seg)
         attn_out, mixes = self.attn(self.attn_norm(x), ctx, self.index)
         h = x + attn_out
