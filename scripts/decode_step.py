@@ -1,9 +1,10 @@
 """Decode-only speed of the engine: ms per step with `batch` requests in flight.
 
     python scripts/decode_step.py [--batch 1] [--config bench] [--quantization none]
-                                  [--repeats 5] [--steps 20] [--profile 15]
+                                  [--per-op] [--repeats 5] [--steps 20] [--profile 15]
 
-The weights are packed in place in the `--quantization` format, as `hagmoe serve` holds them.
+The weights are packed in place in the `--quantization` format, as `hagmoe serve` holds them;
+`--per-op` turns off the top-k family's one-call decode layers.
 Each request has a 64-token prompt; after 5 warm-up steps every step decodes one token per
 request. Prints the median and the minimum over the repeats. `--profile K` then profiles
 `--steps` more steps with cProfile and prints the K functions with the most own time per
@@ -22,6 +23,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model import random_model
+from hagmoe.model.layer import DecoderLayer
 from hagmoe.quantization.format import QUANTIZATIONS, WeightFormat
 from hagmoe.quantization.serving import pack_for_serving
 
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--config", default="bench")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
+    parser.add_argument(
+        "--per-op", action="store_true", help="no one-call decode layers (the per-op path)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, help="top ops to print (0: none)")
@@ -38,6 +43,10 @@ def main() -> None:
     model = pack_for_serving(
         random_model(args.config, seed=0), WeightFormat.named(args.quantization)
     )
+    if args.per_op:
+        for layer in model.modules():
+            if isinstance(layer, DecoderLayer):
+                layer.decode_kernel = None
     engine = EngineCore(model, None, EngineConfig(max_num_seqs=args.batch))
     vocab = engine.model.config.vocab_size
     params = SamplingParams(max_new_tokens=10_000, temperature=0.0, ignore_eos=True)
