@@ -33,6 +33,7 @@ ALWAYS_INLINE void panel_tile(int R, const float *x, int64_t ldx, const float *p
                               vec *acc0, vec *acc1) {
     vec a0[TILE] = {0}, a1[TILE] = {0};
     for (int64_t c = 0; c < k; c++) {
+        prefetch_ahead(panel + c * PANEL);
         vec p0 = load(panel + c * PANEL), p1 = load(panel + c * PANEL + LANES);
         for (int r = 0; r < R; r++) {
             float xv = x[r * ldx + c];
@@ -77,39 +78,46 @@ void hagmoe_linear(const float *x, const float *panels, const float *bias, float
     }
 }
 
-/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert. */
-static void gate_up_panel(const float *xs, const int64_t *offsets, const float *gate_up, float *h,
-                          int64_t experts, int64_t d, int64_t F, int64_t j) {
+/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert, for
+ * panels j in [j0, j1), expert by expert (an expert's panels lie one after another). */
+static void gate_up_panels(const float *xs, const int64_t *offsets, const float *gate_up,
+                           float *h, int64_t experts, int64_t d, int64_t F, int64_t j0,
+                           int64_t j1) {
     vec g[TILE], u[TILE];
     for (int64_t e = 0; e < experts; e++) {
-        const float *panel = gate_up + ((e * (F / LANES)) + j) * d * PANEL;
-        for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
-            int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
-            panel_tile_any(rows, xs + p * d, d, panel, d, g, u);
-            for (int r = 0; r < rows; r++) {
-                float *dst = h + (p + r) * F + j * LANES;
-                for (int i = 0; i < LANES; i++)
-                    dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+        for (int64_t j = j0; j < j1 && offsets[e] < offsets[e + 1]; j++) {
+            const float *panel = gate_up + ((e * (F / LANES)) + j) * d * PANEL;
+            for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
+                int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+                panel_tile_any(rows, xs + p * d, d, panel, d, g, u);
+                for (int r = 0; r < rows; r++) {
+                    float *dst = h + (p + r) * F + j * LANES;
+                    for (int i = 0; i < LANES; i++)
+                        dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+                }
             }
         }
     }
 }
 
-/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32]. */
-static void down_panel(const float *h, const int64_t *token, const float *weight,
-                       const int64_t *offsets, const float *down, float *out, int64_t experts,
-                       int64_t d, int64_t F, int64_t j) {
+/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32] for panels j in
+ * [j0, j1), expert by expert (so each output element adds the experts in order). */
+static void down_panels(const float *h, const int64_t *token, const float *weight,
+                        const int64_t *offsets, const float *down, float *out, int64_t experts,
+                        int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[TILE], y1[TILE];
     for (int64_t e = 0; e < experts; e++) {
-        const float *panel = down + ((e * (d / PANEL)) + j) * F * PANEL;
-        for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
-            int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
-            panel_tile_any(rows, h + p * F, F, panel, F, y0, y1);
-            for (int r = 0; r < rows; r++) {
-                float *dst = out + token[p + r] * d + j * PANEL;
-                float w = weight[p + r];
-                *(vec *)dst = load(dst) + w * y0[r];
-                *(vec *)(dst + LANES) = load(dst + LANES) + w * y1[r];
+        for (int64_t j = j0; j < j1 && offsets[e] < offsets[e + 1]; j++) {
+            const float *panel = down + ((e * (d / PANEL)) + j) * F * PANEL;
+            for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
+                int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+                panel_tile_any(rows, h + p * F, F, panel, F, y0, y1);
+                for (int r = 0; r < rows; r++) {
+                    float *dst = out + token[p + r] * d + j * PANEL;
+                    float w = weight[p + r];
+                    *(vec *)dst = load(dst) + w * y0[r];
+                    *(vec *)(dst + LANES) = load(dst + LANES) + w * y1[r];
+                }
             }
         }
     }
@@ -117,20 +125,24 @@ static void down_panel(const float *h, const int64_t *token, const float *weight
 
 /* The SwiGLU experts E_e(x) = w3[e] (silu(w1[e] x) * (w2[e] x)) over pairs sorted by expert
  * (offsets [E + 1] delimit each expert's pairs; xs [P, d] each pair's token row; h [P, F]
- * scratch). Threads take gate/up panels, then down panels (disjoint output columns). */
+ * scratch). Threads take chunks of consecutive gate/up panels, then of down panels (disjoint
+ * output columns). */
 static void swiglu_pairs(const float *xs, const int64_t *token, const float *weight,
                          const int64_t *offsets, const float *gate_up, const float *down,
                          float *h, float *out, int64_t experts, int64_t d, int64_t F,
                          int threads) {
+    int64_t chunks = threads * CHUNKS_PER_THREAD, ng = F / LANES, nd = d / PANEL;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < F / LANES; j++)
-            gate_up_panel(xs, offsets, gate_up, h, experts, d, F, j);
+        for (int64_t c = 0; c < chunks; c++)
+            gate_up_panels(xs, offsets, gate_up, h, experts, d, F, c * ng / chunks,
+                           (c + 1) * ng / chunks);
         /* implicit barrier: all of h is ready */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < d / PANEL; j++)
-            down_panel(h, token, weight, offsets, down, out, experts, d, F, j);
+        for (int64_t c = 0; c < chunks; c++)
+            down_panels(h, token, weight, offsets, down, out, experts, d, F, c * nd / chunks,
+                        (c + 1) * nd / chunks);
     }
 }
 

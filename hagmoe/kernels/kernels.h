@@ -11,6 +11,9 @@
 #define LANES 16
 #define PANEL 32
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* The MoE kernels split each weight's panels into this many runs of consecutive panels per
+ * thread, taken dynamically: a run streams each expert's panels contiguously. */
+#define CHUNKS_PER_THREAD 4
 
 typedef float vec __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
 
@@ -28,6 +31,13 @@ static inline float hsum(vec v) {
 #endif
 
 static inline vec load(const float *p) { return *(const vec *)p; }
+
+/* Panel streams are prefetched this many bytes ahead of the tile reading them: the hardware
+ * prefetchers alone left a core near 10 GB/s on bf16 / int8 panels (docs/benchmarks.md). */
+#define PREFETCH_AHEAD 2048
+static inline void prefetch_ahead(const void *p) {
+    __builtin_prefetch((const char *)p + PREFETCH_AHEAD, 0, 3);
+}
 
 /* exp(x) within 2 ulp for x in [-87, 88] (clamped outside), branch-free so that loops over it
  * vectorise (libm's expf does not): Cephes' polynomial, 2^n put into the exponent bits. */

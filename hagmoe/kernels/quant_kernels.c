@@ -74,6 +74,7 @@ ALWAYS_INLINE void qtile(int R, const float *x, int64_t ldx, const void *panel,
     if (w->fmt == WEIGHT_BF16) {
         const uint16_t *p = panel;
         for (int64_t c = 0; c < k; c++) {
+            prefetch_ahead(p + c * PANEL);
             vec p0 = bf16_load(p + c * PANEL), p1 = bf16_load(p + c * PANEL + LANES);
             for (int r = 0; r < R; r++) {
                 float xv = x[r * ldx + c];
@@ -87,6 +88,7 @@ ALWAYS_INLINE void qtile(int R, const float *x, int64_t ldx, const void *panel,
             int64_t end = (g + 1) * w->group < k ? (g + 1) * w->group : k;
             vec t0[QTILE] = {0}, t1[QTILE] = {0}; /* the group's sums of x * q */
             for (int64_t c = g * w->group; c < end; c++) {
+                prefetch_ahead(p + c * PANEL);
                 vec p0 = i8_load(p + c * PANEL), p1 = i8_load(p + c * PANEL + LANES);
                 for (int r = 0; r < R; r++) {
                     float xv = x[r * ldx + c];
@@ -149,35 +151,41 @@ void hagmoe_linear_q(const float *x, const void *panels, const void *scales, con
     }
 }
 
-/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert. */
-static void gate_up_qpanel(const hagmoe_pairs *s, const qweights *w, int64_t experts, int64_t d,
-                           int64_t F, int64_t j) {
+/* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert, for
+ * panels j in [j0, j1), expert by expert. */
+static void gate_up_qpanels(const hagmoe_pairs *s, const qweights *w, int64_t experts, int64_t d,
+                            int64_t F, int64_t j0, int64_t j1) {
     vec g[QTILE], u[QTILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
-            int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
-            qtile_any(rows, s->xs + p * d, d, w, e * (F / LANES) + j, d, g, u);
-            for (int r = 0; r < rows; r++) {
-                float *dst = s->h + (p + r) * F + j * LANES;
-                for (int i = 0; i < LANES; i++)
-                    dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+        for (int64_t j = j0; j < j1 && s->offsets[e] < s->offsets[e + 1]; j++) {
+            for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
+                int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+                qtile_any(rows, s->xs + p * d, d, w, e * (F / LANES) + j, d, g, u);
+                for (int r = 0; r < rows; r++) {
+                    float *dst = s->h + (p + r) * F + j * LANES;
+                    for (int i = 0; i < LANES; i++)
+                        dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
+                }
             }
         }
     }
 }
 
-/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32]. */
-static void down_qpanel(const hagmoe_pairs *s, const qweights *w, float *out, int64_t experts,
-                        int64_t d, int64_t F, int64_t j) {
+/* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32] for panels j in
+ * [j0, j1), expert by expert. */
+static void down_qpanels(const hagmoe_pairs *s, const qweights *w, float *out, int64_t experts,
+                         int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[QTILE], y1[QTILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
-            int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
-            qtile_any(rows, s->h + p * F, F, w, e * (d / PANEL) + j, F, y0, y1);
-            for (int r = 0; r < rows; r++) {
-                float *dst = out + s->token[p + r] * d + j * PANEL, wt = s->weight[p + r];
-                *(vec *)dst = load(dst) + wt * y0[r];
-                *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1[r];
+        for (int64_t j = j0; j < j1 && s->offsets[e] < s->offsets[e + 1]; j++) {
+            for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
+                int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+                qtile_any(rows, s->h + p * F, F, w, e * (d / PANEL) + j, F, y0, y1);
+                for (int r = 0; r < rows; r++) {
+                    float *dst = out + s->token[p + r] * d + j * PANEL, wt = s->weight[p + r];
+                    *(vec *)dst = load(dst) + wt * y0[r];
+                    *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1[r];
+                }
             }
         }
     }
@@ -196,13 +204,16 @@ int hagmoe_moe_swiglu_q(const float *x, const int64_t *chosen, const float *scor
     if (hagmoe_sort_pairs(&s, x, chosen, scores, tokens, k, experts, d, F) != 0) return -1;
     qweights wg = {gate_up, gate_up_scales, group_d, fmt, scale_bf16};
     qweights wd = {down, down_scales, group_F, fmt, scale_bf16};
+    int64_t chunks = threads * CHUNKS_PER_THREAD, ng = F / LANES, nd = d / PANEL;
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < F / LANES; j++) gate_up_qpanel(&s, &wg, experts, d, F, j);
+        for (int64_t c = 0; c < chunks; c++)
+            gate_up_qpanels(&s, &wg, experts, d, F, c * ng / chunks, (c + 1) * ng / chunks);
         /* implicit barrier: all of h is ready */
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t j = 0; j < d / PANEL; j++) down_qpanel(&s, &wd, out, experts, d, F, j);
+        for (int64_t c = 0; c < chunks; c++)
+            down_qpanels(&s, &wd, out, experts, d, F, c * nd / chunks, (c + 1) * nd / chunks);
     }
     hagmoe_free_pairs(&s);
     return 0;
