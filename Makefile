@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit clean proto bench-serving deploy-tools system-tools browser-tools
+.PHONY: install serve test lint typecheck unit clean proto bench-serving deploy-tools system-tools browser-tools llama-cpp
 
 install: $(STAMP)
 
@@ -75,6 +75,39 @@ browser-tools:
 BENCH_ARGS ?=
 bench-serving: install
 	$(PY) loadtests/compare.py $(BENCH_ARGS)
+
+# llama.cpp's native llama-server (and llama-bench) for `compare.py --llama-cpp f32 bf16 q8_0`:
+# built from the source distribution of PyPI's llama-cpp-python, which vendors llama.cpp's
+# full source. Benchmark-only: neither `make test` nor CI builds it (minutes on a few cores).
+LLAMA_CPP_PY_VERSION := 0.3.36
+LLAMA_DIR    := .bench/llama.cpp
+LLAMA_SRC    := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PY_VERSION)/vendor/llama.cpp
+LLAMA_BUILD  := $(LLAMA_DIR)/build
+LLAMA_SERVER := $(LLAMA_BUILD)/bin/llama-server
+LLAMA_JOBS   ?= $(shell nproc)
+# Native flags minus AMX: ggml's AMX path (taken for q8_0 on Sapphire Rapids) crashed with SIGSEGV
+# in ggml::cpu::amx::tensor_traits::compute_forward on the machine this was built on; AVX-512
+# and the CPU repacking stay on. LLAMA_CPU_FLAGS= keeps AMX.
+LLAMA_CPU_FLAGS ?= -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+
+llama-cpp: $(LLAMA_SERVER)
+
+$(LLAMA_SRC)/CMakeLists.txt:
+	mkdir -p $(LLAMA_DIR)
+	$(PYTHON) -m pip download --quiet --no-binary :all: --no-deps -d $(LLAMA_DIR) \
+		llama-cpp-python==$(LLAMA_CPP_PY_VERSION)
+	tar -xzf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PY_VERSION).tar.gz -C $(LLAMA_DIR)
+	test -f $(LLAMA_SRC)/tools/server/server.cpp  # the sdist carries the native server
+	touch $@
+
+$(LLAMA_SERVER): $(LLAMA_SRC)/CMakeLists.txt
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_BUILD) -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+		-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_OPENSSL=OFF \
+		-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+		-DCMAKE_C_FLAGS="$(LLAMA_CPU_FLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_CPU_FLAGS)"
+	cmake --build $(LLAMA_BUILD) --config Release -j $(LLAMA_JOBS) --target llama-server llama-bench
+	$(LLAMA_SERVER) --version
 
 # Regenerate server/_generated/ from proto/ (a unit test checks they agree).
 proto: install

@@ -52,3 +52,25 @@ def ratio_lines(rows: Sequence[dict[str, Any]], numerator: str, denominators: Se
         if parts:
             lines.append(f"- concurrency {c}: {numerator} = " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def floor_table(rows: Sequence[dict[str, Any]], floor: dict[str, Any]) -> str:
+    """| system | format | tok/s at 1 stream | floor tok/s | fraction | for the systems that ran
+    one stream (floor: loadtests/bandwidth.py)."""
+    lines = [
+        f"Bandwidth floor at 1 stream (read bandwidth {floor['bandwidth_gbs']:.1f} GB/s with "
+        f"{floor['threads']} threads; floor = bandwidth / weight bytes one decode step reads):",
+        "",
+        "| system | format | bytes / token | tok/s at 1 stream | floor tok/s | fraction of floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if int(r["concurrency"]) != 1 or "floor_fraction" not in r:
+            continue
+        fmt = r["format"]
+        lines.append(
+            f"| {r['system']} | {fmt} | {floor['bytes_per_token'][fmt] / 1e6:.2f} MB "
+            f"| {float(r['tokens_per_second']):,.1f} | {floor['floor_tps'][fmt]:,.1f} "
+            f"| {float(r['floor_fraction']):.2f} |"
+        )
+    return "\n".join(lines)
