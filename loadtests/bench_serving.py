@@ -56,6 +56,7 @@ class ServingConfig:
     warmup: int = 1
     timeout: float = 600.0
     seed: int = 0
+    keep_alive: bool = True  # reuse HTTP connections (False: one connection per request)
 
     def public(self) -> dict[str, Any]:
         """The config for the report, without the API key."""
@@ -74,8 +75,9 @@ def make_backend(cfg: ServingConfig) -> Backend:
 
     connections = cfg.max_concurrency or 256
     return HttpBackend(
-        cfg.backend, cfg.base_url, cfg.api_key, cfg.model, cfg.timeout, connections + 4
-    )
+        cfg.backend, cfg.base_url, cfg.api_key, cfg.model, cfg.timeout, connections + 4,
+        cfg.keep_alive,
+    )  # fmt: skip
 
 
 async def run_benchmark(cfg: ServingConfig, requests: Sequence[BenchRequest]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class HttpBackend:
         model: str | None = None,
         timeout: float = 600.0,
         max_connections: int = 256,
+        keep_alive: bool = True,
     ) -> None:
         if kind not in ROUTES:
             raise ValueError(f"unknown HTTP backend {kind!r}; choose one of {sorted(ROUTES)}")
@@ -41,7 +42,7 @@ class HttpBackend:
         self.base_url = base_url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = aiohttp.ClientTimeout(total=timeout, connect=30.0)
-        self.max_connections = max_connections
+        self.max_connections, self.keep_alive = max_connections, keep_alive
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -50,7 +51,9 @@ class HttpBackend:
         self.session = aiohttp.ClientSession(
             headers=self.headers,
             timeout=self.timeout,
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections, force_close=not self.keep_alive
+            ),
         )
         if self.kind != "tgi" and self.model is None:
             async with self.session.get(f"{self.base_url}/v1/models") as response:

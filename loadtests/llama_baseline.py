@@ -100,7 +100,9 @@ def llama_phase(
         server = LlamaServer(binary, path, server_log, threads, top, ctx, kv_type, flash_attn)
         with server:
             log(f"{system_name(fmt)}: ready at {server.url} (-np {top}, -c {top * ctx})")
-            base = ServingConfig("openai", server.url, seed=seed, model=path.stem)
+            # llama-server's cpp-httplib closes keep-alive connections idle for 5 s; a pooled
+            # one reused after that fails ("Can not write request body"): no reuse.
+            base = ServingConfig("openai", server.url, seed=seed, model=path.stem, keep_alive=False)
             reports = [
                 run_level(replace(base, max_concurrency=c), data, f"{system_name(fmt)} c={c}")
                 for c, data in levels.items()

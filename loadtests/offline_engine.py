@@ -10,6 +10,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model.model import HagMoEModel
+from hagmoe.quantization.serving import FLOAT32, pack_for_serving
 
 OFFLINE = "hagmoe offline engine"
 
@@ -21,10 +22,11 @@ def offline_engine(
     concurrency: int,
     num_blocks: int,
 ) -> BenchResult:
-    """All requests queued at once, `concurrency` sequences batched. Warmed up first on a batch of
-    the workload's shape (reversed prompts, so its prefix cache holds none of the requests)."""
+    """All requests queued at once, `concurrency` sequences batched, over the model packed in
+    place as `hagmoe serve` holds it (float32). Warmed up first on a batch of the workload's shape
+    (reversed prompts, so its prefix cache holds none of the requests)."""
     config = EngineConfig(max_num_seqs=concurrency, num_blocks=num_blocks)
-    engine = EngineCore(model, None, config)
+    engine = EngineCore(pack_for_serving(model, FLOAT32), None, config)
     warm = SamplingParams(max_new_tokens=4, temperature=0.0, ignore_eos=True)
     for i, prompt in enumerate(prompts[:concurrency]):
         engine.add_request(f"warmup-{i}", list(reversed(prompt)), warm)

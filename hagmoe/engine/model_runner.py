@@ -7,6 +7,7 @@ per layer a KV part [num_slots, 2*Hkv*hd] and, for the attention router, an RV p
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,24 +101,25 @@ class ModelRunner:
         return {r.request.request_id: [next(found) for _ in range(r.count)] for r in rows}
 
     def _routing_stats(self, routing: list[LayerRouting]) -> RoutingStats:
+        """The step's routing counts, in numpy (a few small arrays: torch's per-op cost
+        dominated them)."""
         cfg = self.model.config
-        n, g = cfg.num_experts, cfg.num_groups
-        experts = torch.stack([r.experts for r in routing])  # [L, T, K]
-        layer = torch.arange(len(routing), device=experts.device)[:, None, None]
+        n, g, layers = cfg.num_experts, cfg.num_groups, len(routing)
+        experts = np.stack([r.experts.cpu().numpy() for r in routing])  # [L, T, K]
+        layer = np.arange(layers)[:, None, None]
         flat = (layer * n + experts)[experts >= 0]
-        expert_tokens = torch.bincount(flat, minlength=len(routing) * n).view(-1, n)
-        groups = torch.stack([r.group for r in routing])  # [L, T]
-        group_tokens: list[list[int]] = []
-        entropy: list[float] = []
-        if cfg.router == "attention":
-            flat_g = (layer[:, :, 0] * g + groups).reshape(-1)
-            group_tokens = torch.bincount(flat_g, minlength=len(routing) * g).view(-1, g).tolist()
-            entropy = torch.stack([r.entropy for r in routing]).float().reshape(-1).tolist()
+        expert_tokens = np.bincount(flat, minlength=layers * n).reshape(layers, n).tolist()
+        if cfg.router == "linear":  # no groups or entropy; every token uses top_k experts
+            return RoutingStats(expert_tokens, [], [cfg.top_k] * experts[..., 0].size, [])
+        groups = np.stack([r.group.cpu().numpy() for r in routing])  # [L, T]
+        flat_g = (layer[:, :, 0] * g + groups).reshape(-1)
         return RoutingStats(
-            expert_tokens=expert_tokens.tolist(),
-            group_tokens=group_tokens,
-            k=torch.stack([r.k for r in routing]).reshape(-1).tolist(),
-            entropy=entropy,
+            expert_tokens=expert_tokens,
+            group_tokens=np.bincount(flat_g, minlength=layers * g).reshape(layers, g).tolist(),
+            k=np.stack([r.k.cpu().numpy() for r in routing]).reshape(-1).tolist(),
+            entropy=np.stack([r.entropy.float().cpu().numpy() for r in routing])
+            .reshape(-1)
+            .tolist(),
         )
 
 

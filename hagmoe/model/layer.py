@@ -126,8 +126,13 @@ class DecoderLayer(nn.Module):
         )
         out, experts, scores = self.decode_kernel(x, rows, ctx.kv_caches[self.index][0])
         if ctx.keeps_routing:
-            k = torch.full_like(experts[:, 0], self.config.top_k)
-            ctx.routing.append(
-                LayerRouting(torch.full_like(k, -1), experts, scores, k, scores.new_zeros(k.shape))
-            )
+            group, k, entropy = ctx.cached("topk_routing", lambda: self._topk_fields(scores))
+            ctx.routing.append(LayerRouting(group, experts, scores, k, entropy))
         return out
+
+    def _topk_fields(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The top-k family's routing fields that every token shares: group -1, k = top_k,
+        entropy 0, each [T] (scores [T, K])."""
+        t = scores.shape[0]
+        k = torch.full((t,), self.config.top_k, dtype=torch.int64)
+        return torch.full_like(k, -1), k, scores.new_zeros(t)
