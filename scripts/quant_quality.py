@@ -1,6 +1,7 @@
 """Quality and speed of the CPU weight formats (float32, bf16, int8) side by side.
 
     python scripts/quant_quality.py [--tokens 256] [--repeats 3] [--heldout DIR] [--mid small]
+    python scripts/quant_quality.py --config topk-m [--tokens 256]    # quality only
 
 Quality on the bundled model: greedy-decode `--tokens` tokens in float32, then score that
 sequence teacher-forced in each format: the max relative logit error (max |diff| / max |f32|
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,34 +41,33 @@ def packed(model: HagMoEModel, name: str) -> HagMoEModel:
     return pack_for_serving(model, WeightFormat.named(name))
 
 
-def quality(tokens: int) -> None:
-    tok = Tokenizer.load(BUNDLED_MODEL)
+def quality(make: Callable[[], HagMoEModel], prompt: list[int], tokens: int) -> None:
+    """The table of the module docstring for the models `make` returns (one per format)."""
     params = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
-    prompt = tok.encode(PROMPT)
-    runs = {}
-    for name in QUANTIZATIONS:
-        llm = LLM(BUNDLED_MODEL, config=EngineConfig(quantization=name))
-        runs[name] = llm.generate([prompt], params)[0].token_ids
+    models = {name: packed(make(), name) for name in QUANTIZATIONS}
+    runs = {
+        name: LLM(model, config=EngineConfig(max_num_seqs=1))
+        .generate([prompt], params)[0]
+        .token_ids
+        for name, model in models.items()
+    }
     seq = torch.tensor([prompt + runs["none"]])
     with torch.inference_mode():
-        ref = (
-            packed(load_model(BUNDLED_MODEL), "none").forward_full(seq).logits[0, len(prompt) - 1 :]
-        )
+        logits = {n: m.forward_full(seq).logits[0, len(prompt) - 1 :] for n, m in models.items()}
+    ref = logits["none"]
+    print(
+        "| format | weight MB | max rel logit error | argmax agreement (teacher-forced) "
+        "| free-run greedy agreement |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, model in models.items():
+        got = logits[name]
+        err = float((got - ref).abs().max() / ref.abs().max())
+        agree = float((got[:-1].argmax(-1) == ref[:-1].argmax(-1)).float().mean())
+        free = sum(a == b for a, b in zip(runs[name], runs["none"], strict=True)) / tokens
         print(
-            "| format | weight MB | max rel logit error | argmax agreement (teacher-forced) "
-            "| free-run greedy agreement |"
+            f"| {name} | {weight_bytes(model) / 1e6:.1f} | {err:.4f} | {agree:.3f} | {free:.3f} |"
         )
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for name in QUANTIZATIONS:
-            model = packed(load_model(BUNDLED_MODEL), name)
-            got = model.forward_full(seq).logits[0, len(prompt) - 1 :]
-            err = float((got - ref).abs().max() / ref.abs().max())
-            agree = float((got[:-1].argmax(-1) == ref[:-1].argmax(-1)).float().mean())
-            free = sum(a == b for a, b in zip(runs[name], runs["none"], strict=True)) / tokens
-            print(
-                f"| {name} | {weight_bytes(model) / 1e6:.1f} | {err:.4f} | {agree:.3f} "
-                f"| {free:.3f} |"
-            )
 
 
 def bits_per_byte(heldout: Path) -> None:
@@ -113,8 +114,16 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--heldout", type=Path, default=None)
     parser.add_argument("--mid", default="small")
+    parser.add_argument("--config", default=None, help="quality of this random named config")
     args = parser.parse_args()
-    quality(args.tokens)
+    if args.config:  # a random model: a random prompt, no held-out text, no speed table
+        cfg = named_config(args.config)
+        g = torch.Generator().manual_seed(0)
+        prompt = torch.randint(1, cfg.vocab_size, (16,), generator=g).tolist()
+        quality(lambda: random_model(cfg, seed=0), prompt, args.tokens)
+        return
+    bundled_prompt = Tokenizer.load(BUNDLED_MODEL).encode(PROMPT)
+    quality(lambda: load_model(BUNDLED_MODEL), bundled_prompt, args.tokens)
     if args.heldout:
         print("\n| format | bits per byte |\n| --- | ---: |")
         bits_per_byte(args.heldout)
