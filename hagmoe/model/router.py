@@ -198,7 +198,7 @@ class LinearRouter(nn.Module):
         p = torch.softmax(logits, dim=-1)
         k = torch.full((u.shape[0],), cfg.top_k, dtype=torch.long, device=u.device)
         ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)  # ties -> lower index
-        scores, experts = ranked[:, : cfg.top_k], order[:, : cfg.top_k]  # [T, K]
+        scores, experts = ranked[:, : cfg.top_k].contiguous(), order[:, : cfg.top_k].contiguous()
         if cfg.normalize_topk:
             scores = scores / scores.sum(-1, keepdim=True)
         return LayerRouting(

@@ -26,7 +26,8 @@ FLOAT32 = WeightFormat()
 
 def pack_for_serving(model: HagMoEModel, fmt: WeightFormat) -> HagMoEModel:
     """Pack `model` in place for the CPU kernels in `fmt` (the unpacked parameters are dropped;
-    the model still runs every path, unpacking where the kernels cannot run). Returns model.
+    the model still runs every path, unpacking where the kernels cannot run), with q/k/v fused
+    and the top-k family's one-call decode layers (DecoderLayer.fuse_for_decode). Returns model.
     ConfigError when the model is not float32 on the CPU."""
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise ConfigError(
