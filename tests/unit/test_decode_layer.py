@@ -6,6 +6,7 @@ LayerNorm + biases; routing records, fallbacks, and the layers it does not take.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
+from hagmoe.kernels import cpu
 from hagmoe.kernels.decode_layer import TopkDecodeLayer
 from hagmoe.model import named_config, random_model
 from hagmoe.model.config import ModelConfig
@@ -96,6 +98,25 @@ def test_decode_layer_matches_the_per_op_path(name: str, quantization: str) -> N
     per_op, _ = decode(packed(CONFIGS[name], quantization, fused=False))
     for rid, steps in per_op.items():
         for got, ref in zip(fused[rid], steps, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 only")
+@pytest.mark.parametrize("quantization", ["none", "bf16", "int8"])
+def test_decode_layer_on_the_forced_avx2_path(
+    quantization: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AVX2 build (HAGMOE_CPU_ISA=avx2) gives the native build's logits."""
+    native, _ = decode(packed(CONFIGS["rope-gqa-rmsnorm"], quantization))
+    monkeypatch.setenv("HAGMOE_CPU_ISA", "avx2")
+    cpu.library.cache_clear()
+    try:
+        avx2, _ = decode(packed(CONFIGS["rope-gqa-rmsnorm"], quantization))
+    finally:
+        monkeypatch.delenv("HAGMOE_CPU_ISA")
+        cpu.library.cache_clear()
+    for rid, steps in native.items():
+        for got, ref in zip(avx2[rid], steps, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
