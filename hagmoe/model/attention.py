@@ -115,7 +115,7 @@ class Attention(nn.Module):
         """The layer's KV cache where the CPU kernel attends in place: paged mode, decode rows,
         and prefill chunks of short contexts (each row reads its keys on its own, so rows x keys
         stays under KERNEL_QUERY_KEYS; longer ones share them through batched GEMMs)."""
-        rows, keys = q.shape[1], seg.mask.shape[-1]
+        rows, keys = q.shape[1], seg.num_keys
         if (
             (rows == 1 or rows * keys <= KERNEL_QUERY_KEYS)
             and ctx.kv_caches is not None

@@ -39,16 +39,22 @@ class Segment:
     valid: Tensor | None = None  # [B, Q] bool, real rows; None: all rows are real
     block_table: Tensor | None = None  # [B, nb] cache block of key positions; None: dense mode
     block_size: int = 0  # key positions per block (paged mode)
-    mask: Tensor = field(init=False)  # [B, 1, Q, L] bool
+    _mask: Tensor | None = field(default=None, init=False)
 
-    def __post_init__(self) -> None:
-        num_keys = (
-            self.query_pos.shape[1]
-            if self.block_table is None
-            else self.block_table.shape[1] * self.block_size
-        )
-        j = torch.arange(num_keys, device=self.query_pos.device)
-        self.mask = (j[None, None, :] <= self.query_pos[:, :, None]).unsqueeze(1)
+    @property
+    def num_keys(self) -> int:
+        """L: key positions each row's sequence offers (this step's, or its blocks')."""
+        if self.block_table is None:
+            return self.query_pos.shape[1]
+        return self.block_table.shape[1] * self.block_size
+
+    @property
+    def mask(self) -> Tensor:
+        """[B, 1, Q, L] bool, built on first use (the one-call decode layers need none)."""
+        if self._mask is None:
+            j = torch.arange(self.num_keys, device=self.query_pos.device)
+            self._mask = (j[None, None, :] <= self.query_pos[:, :, None]).unsqueeze(1)
+        return self._mask
 
     def take(self, x: Tensor) -> Tensor:
         """Flat rows [T, ...] -> padded [B, Q, ...]."""
