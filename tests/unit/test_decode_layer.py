@@ -1,7 +1,8 @@
 """The one-call decode layer of the top-k family (hagmoe/kernels/decode_layer.*): decode steps of
 a packed engine against the float64 full forward (float32) and against the per-op path of the
-same packed weights (every format), with rope + GQA + RMSNorm and with learned positions +
-LayerNorm + biases; routing records, fallbacks, and the layers it does not take."""
+same packed weights (every format), with rope + GQA + RMSNorm, with learned positions +
+LayerNorm + biases, and with a sliding window; routing records, the forced AVX2 build, and the
+layers it does not take."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ CONFIGS = {
         "tiny", **TOPK, top_k=2, position="rope", norm="rmsnorm", num_kv_heads=2, attn_bias=False
     ),
     "learned-layernorm-bias": named_config("tiny", **TOPK, top_k=3, normalize_topk=True),
+    "sliding-window": named_config(
+        "tiny", **TOPK, top_k=2, position="rope", norm="rmsnorm", sliding_window=6
+    ),
 }
 PROMPTS = [[5, 9, 2], [7] * 11, list(range(20, 29))]
 
