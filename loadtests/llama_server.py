@@ -9,11 +9,9 @@ slot with its own `ctx_per_seq` tokens of KV cache, and serves the OpenAI-compat
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
-from types import TracebackType
 
-from loadtests.server_process import LOG_TAIL, ROOT, free_port, stop_process, wait_until_ready
+from loadtests.server_process import ROOT, LoopbackProcess
 
 DEFAULT_BINARY = ROOT / ".bench/llama.cpp/build/bin/llama-server"
 KV_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -34,9 +32,11 @@ def require_llama_server(binary: Path) -> Path:
     return binary
 
 
-class LlamaServer:
-    """One `llama-server -m MODEL.gguf` on 127.0.0.1 (started by the constructor); as a context
-    manager it waits for /health on entry and stops on exit, also when start-up fails."""
+class LlamaServer(LoopbackProcess):
+    """One `llama-server -m MODEL.gguf` on 127.0.0.1, a LoopbackProcess ready once /health
+    answers."""
+
+    NAME = "llama-server"
 
     def __init__(
         self,
@@ -56,9 +56,7 @@ class LlamaServer:
             raise ValueError(f"llama.cpp KV cache type {kv_type!r}: choose one of {KV_TYPES}")
         if flash_attn not in FLASH_ATTN:
             raise ValueError(f"llama.cpp flash attention {flash_attn!r}: one of {FLASH_ATTN}")
-        self.port = free_port()
-        self.log_path = log
-        self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
+        super().__init__(log, ready_timeout, stop_timeout)
         args = [
             str(require_llama_server(binary)),
             "-m", str(model),
@@ -76,39 +74,4 @@ class LlamaServer:
             "--alias", model.stem,
             *extra,
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> None:
-        wait_until_ready(
-            self.proc, self.url + "/health", "llama-server", self.log_tail, self.ready_timeout
-        )
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-LOG_TAIL:]
-
-    def stop(self) -> int:
-        """SIGTERM, SIGKILL after `stop_timeout`; the exit status (no-op once exited)."""
-        stop_process(self.proc, timeout=self.stop_timeout)
-        return self.proc.returncode
-
-    def __enter__(self) -> LlamaServer:
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.start(args, {**os.environ, "OMP_NUM_THREADS": str(threads)})

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -65,10 +66,70 @@ def read_metric(url: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
-class ServeProcess:
-    """One `python -m hagmoe.cli serve` on 127.0.0.1, started by the constructor (without
-    waiting); `wait_ready()` waits for /ready. As a context manager it waits on entry and
-    stops on exit, also when start-up fails."""
+class LoopbackProcess:
+    """A server subprocess on 127.0.0.1:`port`, its output in a log file, started by the
+    constructor (`start`) without waiting; `wait_ready()` polls READY_PATH. As a context manager
+    it waits on entry and stops on exit, also when start-up fails."""
+
+    NAME = "server"
+    READY_PATH = "/health"
+
+    def __init__(self, log: Path, ready_timeout: float, stop_timeout: float) -> None:
+        self.port = free_port()
+        self.log_path = log
+        self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
+
+    def start(self, args: list[str], env: dict[str, str]) -> None:
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        """Return once READY_PATH answers 200; raise RuntimeError, with the log's tail, if the
+        process exits first or `ready_timeout` passes."""
+        wait_until_ready(
+            self.proc, self.url + self.READY_PATH, self.NAME, self.log_tail, self.ready_timeout
+        )
+
+    def log(self) -> str:
+        """Everything the process has written to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        """The log's last LOG_TAIL characters."""
+        return self.log()[-LOG_TAIL:]
+
+    def stop(self) -> int:
+        """SIGTERM, SIGKILL after `stop_timeout`; the exit status (no-op once exited)."""
+        stop_process(self.proc, timeout=self.stop_timeout)
+        return self.proc.returncode
+
+    def __enter__(self) -> Self:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ServeProcess(LoopbackProcess):
+    """One `python -m hagmoe.cli serve` on 127.0.0.1 (HTTP and gRPC), a LoopbackProcess ready
+    once /ready answers."""
+
+    NAME = "hagmoe serve"
+    READY_PATH = "/ready"
 
     def __init__(
         self,
@@ -80,10 +141,8 @@ class ServeProcess:
         ready_timeout: float = 120.0,
         stop_timeout: float = 30.0,
     ) -> None:
-        self.port, self.grpc_port = free_port(), free_port()
-        self.log_path = log
-        self.ready_timeout = ready_timeout
-        self.stop_timeout = stop_timeout
+        super().__init__(log, ready_timeout, stop_timeout)
+        self.grpc_port = free_port()
         args = [
             sys.executable, "-m", "hagmoe.cli", "serve",
             "--model", str(model),
@@ -94,40 +153,14 @@ class ServeProcess:
             "--log-level", log_level,
             *extra,
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=out)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.start(args, {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
 
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def wait_ready(self) -> None:
-        """Return once /ready answers 200; raise RuntimeError, with the log's tail, if the
-        process exits first or `ready_timeout` passes."""
-        wait_until_ready(
-            self.proc, self.url + "/ready", "hagmoe serve", self.log_tail, self.ready_timeout
-        )
-
-    def log(self) -> str:
-        """Everything the process has written to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def log_tail(self) -> str:
-        """The log's last LOG_TAIL characters."""
-        return self.log()[-LOG_TAIL:]
-
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
-
-    def stop(self) -> int:
-        """SIGTERM, SIGKILL after `stop_timeout`; the exit status (no-op once exited)."""
-        stop_process(self.proc, timeout=self.stop_timeout)
-        return self.proc.returncode
 
     def metric(self, name: str, labels: str = "") -> float:
         """A sample's value from /metrics (0 when absent); see read_metric."""
@@ -143,19 +176,3 @@ class ServeProcess:
             time.sleep(0.05)
             value = self.metric(name, labels)
         return value
-
-    def __enter__(self) -> ServeProcess:
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
