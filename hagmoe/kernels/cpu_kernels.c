@@ -85,7 +85,7 @@ static void gate_up_panels(const float *xs, const int64_t *offsets, const float 
                            int64_t j1) {
     vec g[TILE], u[TILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t j = j0; j < j1 && offsets[e] < offsets[e + 1]; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             const float *panel = gate_up + ((e * (F / LANES)) + j) * d * PANEL;
             for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
                 int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
@@ -107,7 +107,7 @@ static void down_panels(const float *h, const int64_t *token, const float *weigh
                         int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[TILE], y1[TILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t j = j0; j < j1 && offsets[e] < offsets[e + 1]; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             const float *panel = down + ((e * (d / PANEL)) + j) * F * PANEL;
             for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
                 int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
@@ -161,16 +161,6 @@ static void head_means(const float *p, float *mix, int64_t heads, int64_t coarse
     }
 }
 
-/* Query rows against their sequences' paged keys, without gathering the cache. Row r = (b, i) of
- * q [B, Q, H, hd] sits at position pos = query_pos[b, i] and sees key positions j in
- * [first, pos], first = pos + 1 - window when a sliding window is set (window > 0):
- *   p[h, j] = softmax_j(scale * q[r, h] . K_j),  out[r, h] = sum_j p[h, j] V_j
- * where K_j, V_j are the head's slices of cache row table[b][j / bs] * bs + j % bs
- * (rows hold K then V, kv_heads * hd each; query head h reads kv head h / (heads / kv_heads)).
- * When mix is not NULL it gets the head means the router needs, [B, Q, 2, L] with
- * L = blocks_per_seq * bs: over heads [0, coarse), then [coarse, heads), zero outside
- * [first, pos]. Rows with valid[r] == 0 (valid may be NULL: all rows) are zero.
- * Returns 0, or -1 when scratch memory ran out. */
 /* Heads [h0, h1) of one query row qr [H, hd] against its keys [first, length) through table:
  * p into pb [H, L] (those heads' rows), out row [H, hd] (those heads' slices). */
 static void attend_heads(const float *qr, const float *cache, const int64_t *table, float *orow,
@@ -205,6 +195,16 @@ static void attend_heads(const float *qr, const float *cache, const int64_t *tab
     }
 }
 
+/* Query rows against their sequences' paged keys, without gathering the cache. Row r = (b, i) of
+ * q [B, Q, H, hd] sits at position pos = query_pos[b, i] and sees key positions j in
+ * [first, pos], first = pos + 1 - window when a sliding window is set (window > 0):
+ *   p[h, j] = softmax_j(scale * q[r, h] . K_j),  out[r, h] = sum_j p[h, j] V_j
+ * where K_j, V_j are the head's slices of cache row table[b][j / bs] * bs + j % bs
+ * (rows hold K then V, kv_heads * hd each; query head h reads kv head h / (heads / kv_heads)).
+ * When mix is not NULL it gets the head means the router needs, [B, Q, 2, L] with
+ * L = blocks_per_seq * bs: over heads [0, coarse), then [coarse, heads), zero outside
+ * [first, pos]. Rows with valid[r] == 0 (valid may be NULL: all rows) are zero.
+ * Returns 0, or -1 when scratch memory ran out. */
 int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *block_table,
                            const int64_t *query_pos, const uint8_t *valid, float *out, float *mix,
                            int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,

@@ -74,4 +74,24 @@ int hagmoe_sort_pairs(hagmoe_pairs *s, const float *x, const int64_t *chosen, co
                       int64_t tokens, int64_t k, int64_t experts, int64_t d, int64_t F);
 void hagmoe_free_pairs(hagmoe_pairs *s);
 
+/* The entry points decode_layer.c composes (defined in cpu_kernels.c and quant_kernels.c). */
+void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
+                   int64_t k, int64_t n, int threads);
+void hagmoe_linear_q(const float *x, const void *panels, const void *scales, const float *bias,
+                     float *out, int64_t m, int64_t k, int64_t n, int64_t group, int fmt,
+                     int scale_bf16, int threads);
+int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *block_table,
+                           const int64_t *query_pos, const uint8_t *valid, float *out, float *mix,
+                           int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,
+                           int64_t hd, int64_t blocks_per_seq, int64_t bs, float scale,
+                           int64_t window, int64_t coarse, int threads);
+int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
+                      int64_t k, const float *gate_up, const float *down, float *out,
+                      int64_t experts, int64_t d, int64_t F, int threads);
+int hagmoe_moe_swiglu_q(const float *x, const int64_t *chosen, const float *scores,
+                        int64_t tokens, int64_t k, const void *gate_up, const void *gate_up_scales,
+                        const void *down, const void *down_scales, float *out, int64_t experts,
+                        int64_t d, int64_t F, int64_t group_d, int64_t group_F, int fmt,
+                        int scale_bf16, int threads);
+
 #endif

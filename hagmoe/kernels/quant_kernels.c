@@ -157,7 +157,7 @@ static void gate_up_qpanels(const hagmoe_pairs *s, const qweights *w, int64_t ex
                             int64_t F, int64_t j0, int64_t j1) {
     vec g[QTILE], u[QTILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t j = j0; j < j1 && s->offsets[e] < s->offsets[e + 1]; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
                 int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
                 qtile_any(rows, s->xs + p * d, d, w, e * (F / LANES) + j, d, g, u);
@@ -177,7 +177,7 @@ static void down_qpanels(const hagmoe_pairs *s, const qweights *w, float *out, i
                          int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[QTILE], y1[QTILE];
     for (int64_t e = 0; e < experts; e++) {
-        for (int64_t j = j0; j < j1 && s->offsets[e] < s->offsets[e + 1]; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
                 int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
                 qtile_any(rows, s->h + p * F, F, w, e * (d / PANEL) + j, F, y0, y1);

@@ -95,7 +95,7 @@ class ForwardContext:
     return_routing: bool = False  # fill `routing` with each layer's decisions
     training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
-    _cached: dict[Hashable, Any] = field(default_factory=dict)
+    _cached: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def keeps_routing(self) -> bool:
@@ -139,7 +139,10 @@ class ForwardContext:
     @property
     def decode_segment(self) -> Segment | None:
         """The step's one segment when it is a paged decode step (one row per sequence, the
-        flat tokens in order); else None."""
+        flat tokens in order); else None. Decided once per forward pass."""
+        return self.cached("decode_segment", self._decode_segment)
+
+    def _decode_segment(self) -> Segment | None:
         if self.kv_caches is None or len(self.segments) != 1:
             return None
         seg = self.segments[0]

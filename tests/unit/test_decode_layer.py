@@ -50,17 +50,19 @@ def packed(cfg: ModelConfig, quantization: str, fused: bool = True) -> HagMoEMod
     return model
 
 
-def decode(model: HagMoEModel, **config: Any) -> tuple[dict[str, list[torch.Tensor]], EngineCore]:
-    """Greedy decode of PROMPTS; each request's logits at every step."""
-    engine = EngineCore(model, None, EngineConfig(keep_logits=True, block_size=4, **config))
+def decode(model: HagMoEModel) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[int]]]:
+    """Greedy decode of PROMPTS: each request's logits at every step, and its tokens."""
+    engine = EngineCore(model, None, EngineConfig(keep_logits=True, block_size=4))
     params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
     for i, p in enumerate(PROMPTS):
         engine.add_request(f"r{i}", p, params)
     logits: dict[str, list[torch.Tensor]] = {}
+    tokens: dict[str, list[int]] = {}
     while engine.has_unfinished_requests():
         for out in engine.step():
             logits.setdefault(out.request_id, []).append(engine.last_logits[out.request_id])
-    return logits, engine
+            tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+    return logits, tokens
 
 
 def count_layer_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -82,15 +84,13 @@ def test_float32_decode_layer_matches_float64_forward(
     cfg = CONFIGS[name]
     model64 = random_model(cfg, seed=4, dtype=torch.float64)
     calls = count_layer_calls(monkeypatch)
-    engine = EngineCore(packed(cfg, "none"), None, EngineConfig(keep_logits=True, block_size=4))
-    params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
-    reqs = {f"r{i}": engine.add_request(f"r{i}", p, params) for i, p in enumerate(PROMPTS)}
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            seq = reqs[out.request_id].all_token_ids[:-1]
+    logits, tokens = decode(packed(cfg, "none"))
+    for i, prompt in enumerate(PROMPTS):
+        rid = f"r{i}"
+        for step, got in enumerate(logits[rid]):
+            seq = prompt + tokens[rid][:step]
             ref = model64.forward_full(torch.tensor([seq])).logits[0, -1]
-            got = engine.last_logits[out.request_id].double()
-            assert (got - ref).abs().max() / ref.abs().max() < 1e-4, out.request_id
+            assert (got.double() - ref).abs().max() / ref.abs().max() < 1e-4, (rid, step)
     assert calls["n"] >= 7 * cfg.num_layers  # every pure decode step, every layer
 
 
