@@ -3,7 +3,6 @@ expert (imported families), feedback."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
@@ -16,7 +15,6 @@ from hagmoe.model.feedback import Feedback
 from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.norms import make_norm
 from hagmoe.model.router import AttentionRouter, LinearRouter
-from hagmoe.model.routing import LayerRouting
 from hagmoe.model.shared_expert import SharedExpert
 
 
@@ -126,13 +124,6 @@ class DecoderLayer(nn.Module):
         )
         out, experts, scores = self.decode_kernel(x, rows, ctx.kv_caches[self.index][0])
         if ctx.keeps_routing:
-            group, k, entropy = ctx.cached("topk_routing", lambda: self._topk_fields(scores))
-            ctx.routing.append(LayerRouting(group, experts, scores, k, entropy))
+            assert isinstance(self.router, LinearRouter)
+            ctx.routing.append(self.router.decided(experts, scores, ctx))
         return out
-
-    def _topk_fields(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The top-k family's routing fields that every token shares: group -1, k = top_k,
-        entropy 0, each [T] (scores [T, K])."""
-        t = scores.shape[0]
-        k = torch.full((t,), self.config.top_k, dtype=torch.int64)
-        return torch.full_like(k, -1), k, scores.new_zeros(t)

@@ -196,16 +196,22 @@ class LinearRouter(nn.Module):
         cfg = self.config
         logits = self.gate(u)  # [T, N]
         p = torch.softmax(logits, dim=-1)
-        k = torch.full((u.shape[0],), cfg.top_k, dtype=torch.long, device=u.device)
         ranked, order = torch.sort(p, dim=-1, descending=True, stable=True)  # ties -> lower index
         scores, experts = ranked[:, : cfg.top_k].contiguous(), order[:, : cfg.top_k].contiguous()
         if cfg.normalize_topk:
             scores = scores / scores.sum(-1, keepdim=True)
-        return LayerRouting(
-            group=torch.full_like(k, -1),
-            experts=experts,
-            scores=scores,
-            k=k,
-            entropy=torch.zeros_like(p[:, 0]),
-            expert_logits=logits if ctx.training is not None else None,
-        )
+        return self.decided(experts, scores, ctx, logits if ctx.training is not None else None)
+
+    def decided(
+        self, experts: Tensor, scores: Tensor, ctx: ForwardContext, logits: Tensor | None = None
+    ) -> LayerRouting:
+        """The LayerRouting of top-k choices experts / scores [T, K]; the fields every token
+        shares (group -1, k = top_k, entropy 0) are made once per forward pass."""
+        t = experts.shape[0]
+
+        def shared() -> tuple[Tensor, Tensor, Tensor]:
+            k = torch.full((t,), self.config.top_k, dtype=torch.long, device=experts.device)
+            return torch.full_like(k, -1), k, scores.new_zeros(t)
+
+        group, k, entropy = ctx.cached(("topk_routing", t), shared)
+        return LayerRouting(group, experts, scores, k, entropy, expert_logits=logits)
