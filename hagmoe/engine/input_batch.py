@@ -57,6 +57,8 @@ def build_input_batch(
 ) -> InputBatch:
     """Decode rows (one new token) form one segment and prefill chunks another, so a long chunk
     does not pad every decode row to its length."""
+    if all(s.num_new_tokens == 1 and s.samples for s in scheduled):
+        return _decode_batch(scheduled, block_size, device)
     decodes = [s for s in scheduled if s.num_new_tokens == 1]
     prefills = [s for s in scheduled if s.num_new_tokens > 1]
     ordered = decodes + prefills
@@ -96,6 +98,37 @@ def build_input_batch(
         sample_index=torch.tensor([i for i, _ in sampled], dtype=torch.long, device=device),
         sampled=[s for _, s in sampled],
         prompt_rows=[r for r in prompt_rows if r is not None],
+    )
+
+
+def _decode_batch(
+    scheduled: list[ScheduledRequest], block_size: int, device: torch.device
+) -> InputBatch:
+    """A step of decode rows only, every one sampled: one segment whose rows are the flat
+    tokens in order, built from plain lists (a decode step's cost is mostly overhead)."""
+    reqs = [s.request for s in scheduled]
+    pos = [r.num_computed_tokens for r in reqs]
+    nb = max(pos) // block_size + 1
+    table = [
+        r.block_table[: p // block_size + 1] + r.block_table[:1] * (nb - p // block_size - 1)
+        for r, p in zip(reqs, pos, strict=True)
+    ]  # pad: the row's first block
+    slots = [
+        t[p // block_size] * block_size + p % block_size for t, p in zip(table, pos, strict=True)
+    ]
+
+    def to(values: list[int] | list[list[int]]) -> Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    positions = to(pos)
+    return InputBatch(
+        input_ids=to([r.all_token_ids[p] for r, p in zip(reqs, pos, strict=True)]),
+        positions=positions,
+        slot_mapping=to(slots),
+        segments=[Segment(positions[:, None], block_table=to(table), block_size=block_size)],
+        sample_index=to(list(range(len(reqs)))),
+        sampled=scheduled,
+        prompt_rows=[],
     )
 
 

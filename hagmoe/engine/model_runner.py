@@ -65,15 +65,20 @@ class ModelRunner:
             slot_mapping=batch.slot_mapping,
             return_routing=wants_routing or self.config.collect_routing_stats,
         )
-        hidden = self.model(batch.input_ids, ctx)
         out = RunnerOutput()
+        logits = None  # [S, V]
+        if len(batch.sampled) == batch.input_ids.shape[0]:  # every row sampled, in order
+            logits = self.model.decode_logits(batch.input_ids, ctx)
+        if logits is None:
+            hidden = self.model(batch.input_ids, ctx)
+            if batch.prompt_rows:
+                out.prompt_logprobs = self._prompt_logprobs(hidden, batch.prompt_rows)
+            if batch.sampled:
+                logits = self.model.compute_logits(hidden[batch.sample_index])
         if ctx.routing and self.config.collect_routing_stats:
             out.routing_stats = self._routing_stats(ctx.routing)
-        if batch.prompt_rows:
-            out.prompt_logprobs = self._prompt_logprobs(hidden, batch.prompt_rows)
-        if not batch.sampled:
+        if logits is None:
             return out
-        logits = self.model.compute_logits(hidden[batch.sample_index])  # [S, V]
         requests = [s.request for s in batch.sampled]
         result = self.sampler(logits, requests)
         for row, (request, token) in enumerate(zip(requests, result.token_ids, strict=True)):

@@ -60,6 +60,7 @@ _SIGNATURES = {
     "hagmoe_linear_q": [_P] * 5 + [_I64] * 4 + [_INT] * 3,
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
     "hagmoe_topk_decode_layer": [_P] * 7,
+    "hagmoe_topk_decode_model": [_P] * 7,
 }
 
 
@@ -147,6 +148,7 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = argtypes
     lib.hagmoe_moe_swiglu.restype = lib.hagmoe_paged_attention.restype = ctypes.c_int
     lib.hagmoe_moe_swiglu_q.restype = lib.hagmoe_topk_decode_layer.restype = ctypes.c_int
+    lib.hagmoe_topk_decode_model.restype = ctypes.c_int
     return lib
 
 

@@ -7,6 +7,7 @@
  *   when normalize_topk);  x = x + sum_k scores[k] * E_{experts[k]}(u)
  * through the kernels of cpu_kernels.c / quant_kernels.c (each parallel over its own outputs),
  * so the results are those of the per-op path up to the norms' and softmax's rounding.
+ * hagmoe_topk_decode_model runs every layer, the final norm and the head in one call.
  * Legend: B rows (sequences), d hidden size, H query heads, Hkv key/value heads, hd head dim,
  * W = (H + 2 Hkv) hd, N experts, K = top_k, nb blocks per sequence, bs block size.
  */
@@ -35,6 +36,15 @@ typedef struct {
     float norm_eps;
     int32_t normalize_topk, rope;
 } hagmoe_topk_layer;
+
+/* A top-k model for a decode step: its layers, the final norm and the output head [V, d]. */
+typedef struct {
+    const hagmoe_topk_layer *layers;
+    int64_t num_layers;
+    const float *norm_w, *norm_b; /* b NULL: RMSNorm */
+    hagmoe_weight head;
+    float norm_eps;
+} hagmoe_topk_model;
 
 /* A decode step's rows: cos / sin [B, hd] (NULL without rope), slot_mapping [B], block_table
  * [B, nb], query_pos [B]. */
@@ -151,4 +161,26 @@ int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_row
     for (int64_t i = 0; i < B * d; i++) x[i] += o[i];
     free(a);
     return failed ? -1 : 0;
+}
+
+/* x [B, d] the embedded rows (overwritten) -> logits [B, V]; caches[l] is layer l's cache;
+ * chosen / scores [L, B, K] get every layer's routing. Returns 0, or -1 when memory ran out. */
+int hagmoe_topk_decode_model(const hagmoe_topk_model *M, const hagmoe_decode_rows *s, float *x,
+                             float *const *caches, float *logits, int64_t *chosen,
+                             float *scores) {
+    int64_t B = s->batch, d = M->head.k;
+    float *scratch = malloc(B * d * sizeof *scratch), *y = scratch;
+    if (!scratch) return -1;
+    int failed = 0;
+    for (int64_t l = 0; l < M->num_layers && !failed; l++) {
+        const hagmoe_topk_layer *L = M->layers + l;
+        int64_t at = l * B * L->top_k;
+        failed = hagmoe_topk_decode_layer(L, s, x, y, caches[l], chosen + at, scores + at);
+        float *t = x;
+        x = y, y = t;
+    }
+    norm_rows(x, M->norm_w, M->norm_b, y, B, d, M->norm_eps);
+    linear_any(&M->head, y, logits, B, s->threads);
+    free(scratch);
+    return failed;
 }

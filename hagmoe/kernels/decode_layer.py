@@ -1,9 +1,9 @@
-"""One call per decoder layer for decode steps of the standard top-k family (decode_layer.c):
-the layer's packed weights are described once, in a C struct that keeps their addresses, and
-each step passes its rows' positions and cache slots once for all layers.
+"""One call per decoder layer, or per model, for decode steps of the standard top-k family
+(decode_layer.c): the packed weights are described once, in C structs that keep their
+addresses, and each step passes its rows' positions and cache slots once for all layers.
 
 Legend: B decode rows (one per sequence), d hidden size, hd head dim, nb blocks per sequence,
-K experts per token.
+K experts per token, L layers, V vocab.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ class _Layer(ctypes.Structure):
         ("qkv", _Weight), ("o", _Weight), ("gate", _Weight), ("experts", _Experts),
         ("heads", _I64), ("kv_heads", _I64), ("hd", _I64), ("top_k", _I64), ("window", _I64),
         ("norm_eps", _F32), ("normalize_topk", _I32), ("rope", _I32),
+    ]  # fmt: skip
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("layers", _P), ("num_layers", _I64), ("norm_w", _P), ("norm_b", _P), ("head", _Weight),
+        ("norm_eps", _F32),
     ]  # fmt: skip
 
 
@@ -160,3 +167,58 @@ class TopkDecodeLayer:
         if status != 0:
             raise MemoryError(f"decode layer scratch for {b} rows")
         return out, chosen, scores
+
+
+@dataclass(slots=True, eq=False)
+class TopkDecodeModel:
+    """Every layer of a top-k model, its final norm and its head for hagmoe_topk_decode_model;
+    it holds what the struct's addresses point to (the layers' array and the tensors)."""
+
+    layers: tuple[TopkDecodeLayer, ...]
+    tensors: tuple[object, ...]
+    structs: ctypes.Array[_Layer]
+    struct: _Model
+    vocab: int
+
+    @classmethod
+    def build(
+        cls,
+        layers: tuple[TopkDecodeLayer, ...],
+        norm: tuple[Tensor, Tensor | None],
+        head: PackedLinear,
+        norm_eps: float,
+    ) -> TopkDecodeModel:
+        """norm: the final norm's weight and bias (None for RMSNorm); head: the packed [V, d]."""
+        structs = (_Layer * len(layers))(*(layer.struct for layer in layers))
+        struct = _Model(
+            ctypes.addressof(structs), len(layers), _addr(norm[0]), _addr(norm[1]),
+            _weight(head, None), norm_eps,
+        )  # fmt: skip
+        return cls(layers, (*norm, head), structs, struct, head.n)
+
+    def takes(self, rows: int) -> bool:
+        """Whether a decode step of `rows` rows runs here (TopkDecodeLayer.takes)."""
+        return self.layers[0].takes(rows)
+
+    def __call__(
+        self, x: Tensor, rows: DecodeRows, caches: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, d] embedded rows (contiguous, overwritten) -> logits [B, V], every layer's
+        chosen experts and scores [L, B, K]; each layer's K, V written into its cache
+        (caches[l]) at the rows' slots."""
+        lib = cpu.library()
+        assert lib is not None and len(caches) == len(self.layers)
+        assert x.is_contiguous() and x.dtype == torch.float32
+        assert all(c.is_contiguous() and c.dtype == torch.float32 for c in caches)
+        b, k = x.shape[0], self.layers[0].top_k
+        logits = x.new_empty(b, self.vocab)
+        scores = x.new_empty(len(self.layers), b, k)
+        chosen = torch.empty(len(self.layers), b, k, dtype=torch.int64)
+        addresses = (_P * len(caches))(*(c.data_ptr() for c in caches))
+        status = lib.hagmoe_topk_decode_model(
+            ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), addresses,
+            logits.data_ptr(), chosen.data_ptr(), scores.data_ptr(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError(f"decode model scratch for {b} rows")
+        return logits, chosen, scores

@@ -3,6 +3,7 @@ expert (imported families), feedback."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
@@ -104,26 +105,34 @@ class DecoderLayer(nn.Module):
             o = self.feedback(o, routing.experts, routing.scores)
         return h + o
 
-    def _decode(self, x: Tensor, ctx: ForwardContext, seg: Segment) -> Tensor:
-        """The decode step through the one-call layer (decode_kernel)."""
+    def decode_rows(self, ctx: ForwardContext, seg: Segment) -> DecodeRows:
+        """The decode step's rows for the one-call layers, built once per forward pass."""
         slots, table, attn = ctx.slot_mapping, seg.block_table, self.attn
-        assert self.decode_kernel is not None and ctx.kv_caches is not None
         assert slots is not None and table is not None
         theta = attn.rope_theta
-        rows = ctx.cached(
+        return ctx.cached(
             "decode_rows",
             lambda: DecodeRows.build(
                 None
                 if theta is None
-                else ctx.rope(attn.head_dim, theta, x.dtype, attn.rope_scaling),
+                else ctx.rope(attn.head_dim, theta, torch.float32, attn.rope_scaling),
                 slots,
                 table,
                 seg.query_pos,
                 seg.block_size,
             ),
         )
+
+    def _decode(self, x: Tensor, ctx: ForwardContext, seg: Segment) -> Tensor:
+        """The decode step through the one-call layer (decode_kernel)."""
+        assert self.decode_kernel is not None and ctx.kv_caches is not None
+        rows = self.decode_rows(ctx, seg)
         out, experts, scores = self.decode_kernel(x, rows, ctx.kv_caches[self.index][0])
+        self.keep_decided(experts, scores, ctx)
+        return out
+
+    def keep_decided(self, experts: Tensor, scores: Tensor, ctx: ForwardContext) -> None:
+        """Append a one-call decode's routing, experts / scores [B, K], where ctx keeps it."""
         if ctx.keeps_routing:
             assert isinstance(self.router, LinearRouter)
             ctx.routing.append(self.router.decided(experts, scores, ctx))
-        return out

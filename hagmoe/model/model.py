@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.decode_layer import TopkDecodeModel
 from hagmoe.kernels.packed import PackedLinear
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.experts import Experts
@@ -36,6 +37,7 @@ class HagMoEModel(nn.Module):
     parameter (with tie_embeddings, embed.weight, looked up from the packed head) is None."""
 
     head_packed: PackedLinear | None = None
+    decode_kernel: TopkDecodeModel | None = None  # the one-call decode step (fuse_for_decode)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -56,15 +58,56 @@ class HagMoEModel(nn.Module):
 
     def forward(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor:
         """Flat token ids [T] of one step -> final hidden states [T, d] (before final_norm)."""
+        x = self._embed(input_ids, ctx)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return x
+
+    def _embed(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor:
         if self.embed.weight is None and self.head_packed is not None:
             x = self.head_packed.rows(input_ids)
         else:
             x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
-        for layer in self.layers:
-            x = layer(x, ctx)
         return x
+
+    def fuse_for_decode(self) -> None:
+        """Once packed for serving: each layer's fusions (DecoderLayer.fuse_for_decode) and,
+        where every layer runs in one call and the head is packed, the whole decode step in
+        one call (decode_logits)."""
+        for layer in self.layers:
+            cast(DecoderLayer, layer).fuse_for_decode()
+        kernels = tuple(cast(DecoderLayer, layer).decode_kernel for layer in self.layers)
+        if self.head_packed is None or any(k is None for k in kernels):
+            return
+        self.decode_kernel = TopkDecodeModel.build(
+            kernels,  # type: ignore[arg-type]
+            (self._norm_weight, getattr(self.final_norm, "bias", None)),
+            self.head_packed,
+            self.config.norm_eps,
+        )
+
+    def decode_logits(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor | None:
+        """Logits [T, V] of a decode step (one row per sequence, ctx.decode_segment) whose
+        every row is sampled, in one call through decode_kernel; None where that does not run
+        (then forward and compute_logits do)."""
+        kernel, seg = self.decode_kernel, ctx.decode_segment
+        rows = input_ids.shape[0]
+        if kernel is None or seg is None or ctx.training is not None or not kernel.takes(rows):
+            return None
+        x = self._embed(input_ids, ctx)
+        if not ctx.cached("cpu_kernels", lambda: cpu.enabled_for(x)):
+            return None
+        assert ctx.kv_caches is not None
+        layers = [cast(DecoderLayer, layer) for layer in self.layers]
+        logits, experts, scores = kernel(
+            x.contiguous(), layers[0].decode_rows(ctx, seg), [c[0] for c in ctx.kv_caches]
+        )
+        if ctx.keeps_routing:
+            for layer, chosen, weights in zip(layers, experts, scores, strict=True):
+                layer.keep_decided(chosen, weights, ctx)
+        return logits
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         """hidden [..., d] -> logits [..., V]."""

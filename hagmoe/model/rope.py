@@ -9,6 +9,8 @@ from torch import Tensor
 
 from hagmoe.model.rope_scaling import rope_frequencies
 
+_FREQUENCIES: dict[tuple[object, ...], tuple[Tensor, float]] = {}  # rope_frequencies, by args
+
 
 def rope_cos_sin(
     positions: Tensor,
@@ -21,9 +23,11 @@ def rope_cos_sin(
 
     `scaling` is the config's `rope_scaling` (null: plain rope)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    inv_freq, attention_factor = rope_frequencies(
-        head_dim, theta, scaling, work, positions.device
-    )  # [hd/2]
+    key = (head_dim, theta, repr(scaling), work, positions.device,
+           torch.is_inference_mode_enabled())  # fmt: skip
+    if key not in _FREQUENCIES:
+        _FREQUENCIES[key] = rope_frequencies(head_dim, theta, scaling, work, positions.device)
+    inv_freq, attention_factor = _FREQUENCIES[key]  # [hd/2]
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat((angles, angles), dim=-1)  # [T, hd]
     return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)

@@ -13,7 +13,6 @@ import torch
 from hagmoe.errors import ConfigError
 from hagmoe.kernels.packed import PackedLinear
 from hagmoe.model.experts import Experts
-from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.linear import Linear
 from hagmoe.model.model import HagMoEModel
 from hagmoe.quantization.format import WeightFormat
@@ -27,7 +26,7 @@ FLOAT32 = WeightFormat()
 def pack_for_serving(model: HagMoEModel, fmt: WeightFormat) -> HagMoEModel:
     """Pack `model` in place for the CPU kernels in `fmt` (the unpacked parameters are dropped;
     the model still runs every path, unpacking where the kernels cannot run), with q/k/v fused
-    and the top-k family's one-call decode layers (DecoderLayer.fuse_for_decode). Returns model.
+    and the top-k family's one-call decode layers and step (HagMoEModel.fuse_for_decode). Returns model.
     ConfigError when the model is not float32 on the CPU."""
     if model.device.type != "cpu" or model.dtype != torch.float32:
         raise ConfigError(
@@ -42,9 +41,6 @@ def pack_for_serving(model: HagMoEModel, fmt: WeightFormat) -> HagMoEModel:
                 logger.warning(
                     "experts %s keep float32 weights: sizes the kernels do not take", name
                 )
-        for layer in model.modules():
-            if isinstance(layer, DecoderLayer):
-                layer.fuse_for_decode()
         if model.head_packed is None:
             head = model.embed.weight if model.lm_head is None else model.lm_head.weight
             model.head_packed = PackedLinear.from_weight(head, fmt)
@@ -52,6 +48,7 @@ def pack_for_serving(model: HagMoEModel, fmt: WeightFormat) -> HagMoEModel:
                 model.embed.weight = None  # type: ignore[assignment]
             else:
                 model.lm_head.weight = None  # type: ignore[assignment]
+        model.fuse_for_decode()
     return model
 
 

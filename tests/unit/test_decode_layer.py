@@ -1,8 +1,8 @@
-"""The one-call decode layer of the top-k family (hagmoe/kernels/decode_layer.*): decode steps of
-a packed engine against the float64 full forward (float32) and against the per-op path of the
-same packed weights (every format), with rope + GQA + RMSNorm, with learned positions +
+"""The one-call decode step and layers of the top-k family (hagmoe/kernels/decode_layer.*): decode
+steps of a packed engine against the float64 full forward (float32) and against the per-op path
+of the same packed weights (every format), with rope + GQA + RMSNorm, with learned positions +
 LayerNorm + biases, and with a sliding window; routing records, the forced AVX2 build, and the
-layers it does not take."""
+layers they do not take."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.kernels import cpu
-from hagmoe.kernels.decode_layer import TopkDecodeLayer
+from hagmoe.kernels.decode_layer import TopkDecodeLayer, TopkDecodeModel
 from hagmoe.model import named_config, random_model
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.model import HagMoEModel
@@ -41,11 +41,18 @@ CONFIGS = {
 PROMPTS = [[5, 9, 2], [7] * 11, list(range(20, 29))]
 
 
-def packed(cfg: ModelConfig, quantization: str, fused: bool = True) -> HagMoEModel:
+FUSIONS = {"model": TopkDecodeModel, "layer": TopkDecodeLayer}  # one call per step / per layer
+
+
+def packed(cfg: ModelConfig, quantization: str, fusion: str = "model") -> HagMoEModel:
+    """Packed for serving; fusion "model" (the default), "layer" or "per-op"."""
     model = pack_for_serving(random_model(cfg, seed=4), WeightFormat.named(quantization))
-    for layer in model.layers:
-        assert layer.decode_kernel is not None
-        if not fused:
+    assert model.decode_kernel is not None
+    assert all(layer.decode_kernel is not None for layer in model.layers)
+    if fusion != "model":
+        model.decode_kernel = None
+    if fusion == "per-op":
+        for layer in model.layers:
             layer.decode_kernel = None
     return model
 
@@ -65,41 +72,45 @@ def decode(model: HagMoEModel) -> tuple[dict[str, list[torch.Tensor]], dict[str,
     return logits, tokens
 
 
-def count_layer_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+def count_calls(kind: type, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     calls = {"n": 0}
-    original = TopkDecodeLayer.__call__
+    original = kind.__call__
 
-    def spy(self: TopkDecodeLayer, *args: Any) -> Any:
+    def spy(self: object, *args: Any) -> Any:
         calls["n"] += 1
         return original(self, *args)
 
-    monkeypatch.setattr(TopkDecodeLayer, "__call__", spy)
+    monkeypatch.setattr(kind, "__call__", spy)
     return calls
 
 
+@pytest.mark.parametrize("fusion", list(FUSIONS))
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_float32_decode_layer_matches_float64_forward(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, fusion: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = CONFIGS[name]
     model64 = random_model(cfg, seed=4, dtype=torch.float64)
-    calls = count_layer_calls(monkeypatch)
-    logits, tokens = decode(packed(cfg, "none"))
+    calls = count_calls(FUSIONS[fusion], monkeypatch)
+    logits, tokens = decode(packed(cfg, "none", fusion))
     for i, prompt in enumerate(PROMPTS):
         rid = f"r{i}"
         for step, got in enumerate(logits[rid]):
             seq = prompt + tokens[rid][:step]
             ref = model64.forward_full(torch.tensor([seq])).logits[0, -1]
             assert (got.double() - ref).abs().max() / ref.abs().max() < 1e-4, (rid, step)
-    assert calls["n"] >= 7 * cfg.num_layers  # every pure decode step, every layer
+    per_step = 1 if fusion == "model" else cfg.num_layers
+    assert calls["n"] >= 7 * per_step  # every pure decode step (every layer)
 
 
+@pytest.mark.parametrize("fusion", list(FUSIONS))
 @pytest.mark.parametrize("quantization", ["none", "bf16", "int8"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_decode_layer_matches_the_per_op_path(name: str, quantization: str) -> None:
-    """Same packed weights, same kernels: the one call and the per-op layer agree closely."""
-    fused, _ = decode(packed(CONFIGS[name], quantization))
-    per_op, _ = decode(packed(CONFIGS[name], quantization, fused=False))
+def test_decode_layer_matches_the_per_op_path(name: str, quantization: str, fusion: str) -> None:
+    """Same packed weights, same kernels: the one-call step or layers and the per-op layers
+    agree closely."""
+    fused, _ = decode(packed(CONFIGS[name], quantization, fusion))
+    per_op, _ = decode(packed(CONFIGS[name], quantization, "per-op"))
     for rid, steps in per_op.items():
         for got, ref in zip(fused[rid], steps, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -125,11 +136,12 @@ def test_decode_layer_on_the_forced_avx2_path(
 
 
 def test_routing_records_come_from_the_decode_layer() -> None:
-    """return_routing (and the server's statistics) see the one-call layers' choices."""
+    """return_routing (and the server's statistics) see the one-call step's and layers'
+    choices."""
     decisions = {}
-    for fused in (True, False):
+    for fusion in ("model", "layer", "per-op"):
         engine = EngineCore(
-            packed(CONFIGS["learned-layernorm-bias"], "int8", fused),
+            packed(CONFIGS["learned-layernorm-bias"], "int8", fusion),
             None,
             EngineConfig(block_size=4, collect_routing_stats=True),
         )
@@ -141,12 +153,13 @@ def test_routing_records_come_from_the_decode_layer() -> None:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 routing += out.routing
-        decisions[fused] = routing
-    assert len(decisions[True]) == 6
-    for got, ref in zip(decisions[True], decisions[False], strict=True):
-        for a, b in zip(got, ref, strict=True):
-            assert (a.layer, a.group, a.experts, a.k) == (b.layer, b.group, b.experts, b.k)
-            assert a.scores == pytest.approx(b.scores, rel=1e-5)
+        decisions[fusion] = routing
+    for fusion in FUSIONS:
+        assert len(decisions[fusion]) == 6
+        for got, ref in zip(decisions[fusion], decisions["per-op"], strict=True):
+            for a, b in zip(got, ref, strict=True):
+                assert (a.layer, a.group, a.experts, a.k) == (b.layer, b.group, b.experts, b.k)
+                assert a.scores == pytest.approx(b.scores, rel=1e-5)
 
 
 def test_layers_it_does_not_take_keep_the_per_op_path() -> None:
@@ -158,3 +171,4 @@ def test_layers_it_does_not_take_keep_the_per_op_path() -> None:
     ):
         model = pack_for_serving(random_model(cfg, seed=1), WeightFormat.named("none"))
         assert all(layer.decode_kernel is None for layer in model.layers)
+        assert model.decode_kernel is None
