@@ -116,17 +116,15 @@ def _decode_batch(
     slots = [
         t[p // block_size] * block_size + p % block_size for t, p in zip(table, pos, strict=True)
     ]
-
-    def to(values: list[int] | list[list[int]]) -> Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=device)
-
-    positions = to(pos)
+    ids = [r.all_token_ids[p] for r, p in zip(reqs, pos, strict=True)]
+    rows = torch.tensor([ids, pos, slots, list(range(len(reqs)))], dtype=torch.int64, device=device)
+    block_table = torch.tensor(table, dtype=torch.int64, device=device)  # [B, nb]
     return InputBatch(
-        input_ids=to([r.all_token_ids[p] for r, p in zip(reqs, pos, strict=True)]),
-        positions=positions,
-        slot_mapping=to(slots),
-        segments=[Segment(positions[:, None], block_table=to(table), block_size=block_size)],
-        sample_index=to(list(range(len(reqs)))),
+        input_ids=rows[0],
+        positions=rows[1],
+        slot_mapping=rows[2],
+        segments=[Segment(rows[1][:, None], block_table=block_table, block_size=block_size)],
+        sample_index=rows[3],
         sampled=scheduled,
         prompt_rows=[],
     )

@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor
 
-from hagmoe.model.rope import rope_cos_sin
+from hagmoe.model.rope import rope_table
 from hagmoe.model.routing import LayerRouting
 
 T = TypeVar("T")
@@ -130,10 +130,10 @@ class ForwardContext:
     def rope(
         self, head_dim: int, theta: float, dtype: torch.dtype, scaling: dict[str, Any] | None
     ) -> tuple[Tensor, Tensor]:
-        """cos, sin [T, hd] of `positions` (rope_cos_sin), computed once per forward pass."""
+        """cos, sin [T, hd] of `positions` (rope_table), looked up once per forward pass."""
         return self.cached(
             ("rope", head_dim, theta, dtype, repr(scaling)),
-            lambda: rope_cos_sin(self.positions, head_dim, theta, dtype, scaling),
+            lambda: rope_table(self.positions, head_dim, theta, dtype, scaling),
         )
 
     @property
