@@ -1,10 +1,12 @@
 """Decode-only speed of the engine: ms per step with `batch` requests in flight.
 
     python scripts/decode_step.py [--batch 1] [--config bench] [--quantization none]
-                                  [--per-op] [--repeats 5] [--steps 20] [--profile 15]
+                                  [--per-layer | --per-op] [--repeats 5] [--steps 20]
+                                  [--profile 15]
 
 The weights are packed in place in the `--quantization` format, as `hagmoe serve` holds them;
-`--per-op` turns off the top-k family's one-call decode layers.
+`--per-layer` turns off the top-k family's one-call decode step (one call per layer instead),
+`--per-op` its one-call layers too.
 Each request has a 64-token prompt; after 5 warm-up steps every step decodes one token per
 request. Prints the median and the minimum over the repeats. `--profile K` then profiles
 `--steps` more steps with cProfile and prints the K functions with the most own time per
@@ -33,8 +35,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--config", default="bench")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none")
-    parser.add_argument(
-        "--per-op", action="store_true", help="no one-call decode layers (the per-op path)"
+    fusion = parser.add_mutually_exclusive_group()
+    fusion.add_argument("--per-layer", action="store_true", help="no one-call decode step")
+    fusion.add_argument(
+        "--per-op", action="store_true", help="no one-call decode step or layers (per op)"
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
@@ -43,6 +47,8 @@ def main() -> None:
     model = pack_for_serving(
         random_model(args.config, seed=0), WeightFormat.named(args.quantization)
     )
+    if args.per_layer or args.per_op:
+        model.decode_kernel = None
     if args.per_op:
         for layer in model.modules():
             if isinstance(layer, DecoderLayer):

@@ -33,7 +33,8 @@ ALWAYS_INLINE void panel_tile(int R, const float *x, int64_t ldx, const float *p
                               vec *acc0, vec *acc1) {
     vec a0[TILE] = {0}, a1[TILE] = {0};
     for (int64_t c = 0; c < k; c++) {
-        prefetch_ahead(panel + c * PANEL);
+        prefetch_ahead(panel + c * PANEL); /* a panel row is two cache lines */
+        prefetch_ahead(panel + c * PANEL + LANES);
         vec p0 = load(panel + c * PANEL), p1 = load(panel + c * PANEL + LANES);
         for (int r = 0; r < R; r++) {
             float xv = x[r * ldx + c];

@@ -32,8 +32,10 @@ static inline float hsum(vec v) {
 
 static inline vec load(const float *p) { return *(const vec *)p; }
 
-/* Panel streams are prefetched this many bytes ahead of the tile reading them: the hardware
- * prefetchers alone left a core near 10 GB/s on bf16 / int8 panels (docs/benchmarks.md). */
+/* Panel streams are prefetched this many bytes ahead of the tile reading them, every cache line
+ * of them: the hardware prefetchers alone left a core near 10 GB/s on bf16 / int8 panels, and
+ * float32 tiles of 8+ rows lost a fifth of their speed with every other line left to them
+ * (docs/benchmarks.md). */
 #define PREFETCH_AHEAD 2048
 static inline void prefetch_ahead(const void *p) {
     __builtin_prefetch((const char *)p + PREFETCH_AHEAD, 0, 3);
