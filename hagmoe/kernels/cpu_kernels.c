@@ -63,8 +63,10 @@ static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *p
 /* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in linear panels. */
 void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
                    int64_t k, int64_t n, int threads) {
+    int64_t np = (n + PANEL - 1) / PANEL, runs = threads * CHUNKS_PER_THREAD;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t j = 0; j < (n + PANEL - 1) / PANEL; j++) {
+    for (int64_t run = 0; run < runs; run++)
+    for (int64_t j = run * np / runs; j < (run + 1) * np / runs; j++) {
         vec y[2][TILE];
         int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
         for (int64_t i = 0; i < m; i += TILE) {

@@ -110,13 +110,68 @@ ALWAYS_INLINE void qtile(int R, const float *x, int64_t ldx, const void *panel,
     }
 }
 
+/* qtile of one row over two adjacent panels at once (panel, scales: the first's; stride: bytes
+ * from one panel, and one panel's scales, to the next): four accumulator chains where one row of
+ * one panel has two, each output summed exactly as qtile sums it. acc [4]: the two panels'
+ * halves in order. */
+ALWAYS_INLINE void qrow_pair(const float *x, const char *panel, const char *scales,
+                             int64_t stride, int64_t scale_stride, int64_t k, const qweights *w,
+                             vec *acc) {
+    vec a[4] = {0};
+    if (w->fmt == WEIGHT_BF16) {
+        const uint16_t *p = (const void *)panel, *q = (const void *)(panel + stride);
+        for (int64_t c = 0; c < k; c++) {
+            prefetch_ahead(p + c * PANEL);
+            prefetch_ahead(q + c * PANEL);
+            float xv = x[c];
+            a[0] += xv * bf16_load(p + c * PANEL);
+            a[1] += xv * bf16_load(p + c * PANEL + LANES);
+            a[2] += xv * bf16_load(q + c * PANEL);
+            a[3] += xv * bf16_load(q + c * PANEL + LANES);
+        }
+    } else {
+        const int8_t *p = (const void *)panel, *q = (const void *)(panel + stride);
+        for (int64_t g = 0; g * w->group < k; g++) {
+            int64_t end = (g + 1) * w->group < k ? (g + 1) * w->group : k;
+            vec t[4] = {0};
+            for (int64_t c = g * w->group; c < end; c++) {
+                prefetch_ahead(p + c * PANEL);
+                prefetch_ahead(q + c * PANEL);
+                float xv = x[c];
+                t[0] += xv * i8_load(p + c * PANEL);
+                t[1] += xv * i8_load(p + c * PANEL + LANES);
+                t[2] += xv * i8_load(q + c * PANEL);
+                t[3] += xv * i8_load(q + c * PANEL + LANES);
+            }
+            for (int h = 0; h < 4; h++)
+                a[h] += t[h] * scale_load(scales + (h / 2) * scale_stride, w->scale_bf16,
+                                          g * PANEL + (h % 2) * LANES);
+        }
+    }
+    for (int h = 0; h < 4; h++) acc[h] = a[h];
+}
+
+/* Panel `j` of a weight whose panels each hold `k` inner indices, its scales (NULL for bf16),
+ * and the bytes from a panel, and from its scales, to the next one's. */
+typedef struct {
+    const char *panel, *scales;
+    int64_t stride, scale_stride;
+} qpanel;
+
+static qpanel qpanel_at(const qweights *w, int64_t j, int64_t k) {
+    int64_t wsize = w->fmt == WEIGHT_BF16 ? 2 : 1, ssize = w->scale_bf16 ? 2 : 4;
+    int64_t groups = w->fmt == WEIGHT_INT8 ? (k + w->group - 1) / w->group : 0;
+    qpanel q = {(const char *)w->panels + j * k * PANEL * wsize, NULL, k * PANEL * wsize,
+                groups * PANEL * ssize};
+    if (w->scales) q.scales = (const char *)w->scales + j * q.scale_stride;
+    return q;
+}
+
 /* qtile on panel `j` of a weight whose panels each hold `k` inner indices. */
 static void qtile_any(int rows, const float *x, int64_t ldx, const qweights *w, int64_t j,
                       int64_t k, vec *acc0, vec *acc1) {
-    int64_t wsize = w->fmt == WEIGHT_BF16 ? 2 : 1, ssize = w->scale_bf16 ? 2 : 4;
-    int64_t groups = w->fmt == WEIGHT_INT8 ? (k + w->group - 1) / w->group : 0;
-    const char *panel = (const char *)w->panels + j * k * PANEL * wsize;
-    const char *scales = w->scales ? (const char *)w->scales + j * groups * PANEL * ssize : NULL;
+    qpanel q = qpanel_at(w, j, k);
+    const char *panel = q.panel, *scales = q.scales;
     switch (rows) {
 #define QTILE_CASE(R)                                                                              \
     case R: qtile(R, x, ldx, panel, scales, k, w, acc0, acc1); break;
@@ -130,62 +185,106 @@ static void qtile_any(int rows, const float *x, int64_t ldx, const qweights *w, 
     }
 }
 
-/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in bf16 or int8 panels. */
+/* dst[0, cols) = the panel's two halves y0, y1 (+ bias[0, cols) when not NULL). */
+static void store_panel(float *dst, vec y0, vec y1, const float *bias, int64_t cols) {
+    for (int64_t c = 0; c < cols; c++)
+        dst[c] = (c < LANES ? y0[c] : y1[c - LANES]) + (bias ? bias[c] : 0.f);
+}
+
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in bf16 or int8 panels; one
+ * row takes two panels at a time (qrow_pair). */
 void hagmoe_linear_q(const float *x, const void *panels, const void *scales, const float *bias,
                      float *out, int64_t m, int64_t k, int64_t n, int64_t group, int fmt,
                      int scale_bf16, int threads) {
     qweights w = {panels, scales, group, fmt, scale_bf16};
+    int64_t np = (n + PANEL - 1) / PANEL, runs = threads * CHUNKS_PER_THREAD;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t j = 0; j < (n + PANEL - 1) / PANEL; j++) {
-        vec y[2][QTILE];
-        int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
-        for (int64_t i = 0; i < m; i += QTILE) {
-            int rows = m - i < QTILE ? (int)(m - i) : QTILE;
-            qtile_any(rows, x + i * k, k, &w, j, k, y[0], y[1]);
-            for (int r = 0; r < rows; r++) {
-                float *dst = out + (i + r) * n + j * PANEL;
-                for (int64_t c = 0; c < cols; c++)
-                    dst[c] = y[c / LANES][r][c % LANES] + (bias ? bias[j * PANEL + c] : 0.f);
+    for (int64_t run = 0; run < runs; run++) {
+        int64_t j1 = (run + 1) * np / runs;
+        for (int64_t j = run * np / runs; j < j1; j++) {
+            const float *b = bias ? bias + j * PANEL : NULL;
+            int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
+            if (m == 1 && j + 1 < j1) {
+                vec y[4];
+                qpanel q = qpanel_at(&w, j, k);
+                qrow_pair(x, q.panel, q.scales, q.stride, q.scale_stride, k, &w, y);
+                int64_t next = n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL;
+                store_panel(out + j * PANEL, y[0], y[1], b, cols);
+                store_panel(out + (j + 1) * PANEL, y[2], y[3], b ? b + PANEL : NULL, next);
+                j++;
+                continue;
+            }
+            vec y[2][QTILE];
+            for (int64_t i = 0; i < m; i += QTILE) {
+                int rows = m - i < QTILE ? (int)(m - i) : QTILE;
+                qtile_any(rows, x + i * k, k, &w, j, k, y[0], y[1]);
+                for (int r = 0; r < rows; r++)
+                    store_panel(out + (i + r) * n + j * PANEL, y[0][r], y[1][r], b, cols);
             }
         }
     }
 }
 
+ALWAYS_INLINE void silu_store(float *dst, vec g, vec u) {
+    for (int i = 0; i < LANES; i++) dst[i] = g[i] / (1.f + exp_approx(-g[i])) * u[i];
+}
+
+ALWAYS_INLINE void add_scaled(float *dst, float wt, vec y0, vec y1) {
+    *(vec *)dst = load(dst) + wt * y0;
+    *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1;
+}
+
 /* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert, for
- * panels j in [j0, j1), expert by expert. */
+ * panels j in [j0, j1), expert by expert; an expert of one pair takes two panels at a time. */
 static void gate_up_qpanels(const hagmoe_pairs *s, const qweights *w, int64_t experts, int64_t d,
                             int64_t F, int64_t j0, int64_t j1) {
     vec g[QTILE], u[QTILE];
     for (int64_t e = 0; e < experts; e++) {
+        int64_t first = s->offsets[e], last = s->offsets[e + 1];
         for (int64_t j = j0; j < j1; j++) {
-            for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
-                int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+            if (last - first == 1 && j + 1 < j1) {
+                vec y[4];
+                qpanel q = qpanel_at(w, e * (F / LANES) + j, d);
+                qrow_pair(s->xs + first * d, q.panel, q.scales, q.stride, q.scale_stride, d, w, y);
+                silu_store(s->h + first * F + j * LANES, y[0], y[1]);
+                silu_store(s->h + first * F + (j + 1) * LANES, y[2], y[3]);
+                j++;
+                continue;
+            }
+            for (int64_t p = first; p < last; p += QTILE) {
+                int rows = last - p < QTILE ? (int)(last - p) : QTILE;
                 qtile_any(rows, s->xs + p * d, d, w, e * (F / LANES) + j, d, g, u);
-                for (int r = 0; r < rows; r++) {
-                    float *dst = s->h + (p + r) * F + j * LANES;
-                    for (int i = 0; i < LANES; i++)
-                        dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
-                }
+                for (int r = 0; r < rows; r++)
+                    silu_store(s->h + (p + r) * F + j * LANES, g[r], u[r]);
             }
         }
     }
 }
 
 /* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32] for panels j in
- * [j0, j1), expert by expert. */
+ * [j0, j1), expert by expert; an expert of one pair takes two panels at a time. */
 static void down_qpanels(const hagmoe_pairs *s, const qweights *w, float *out, int64_t experts,
                          int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[QTILE], y1[QTILE];
     for (int64_t e = 0; e < experts; e++) {
+        int64_t first = s->offsets[e], last = s->offsets[e + 1];
         for (int64_t j = j0; j < j1; j++) {
-            for (int64_t p = s->offsets[e]; p < s->offsets[e + 1]; p += QTILE) {
-                int rows = s->offsets[e + 1] - p < QTILE ? (int)(s->offsets[e + 1] - p) : QTILE;
+            if (last - first == 1 && j + 1 < j1) {
+                vec y[4];
+                qpanel q = qpanel_at(w, e * (d / PANEL) + j, F);
+                qrow_pair(s->h + first * F, q.panel, q.scales, q.stride, q.scale_stride, F, w, y);
+                float *dst = out + s->token[first] * d + j * PANEL, wt = s->weight[first];
+                add_scaled(dst, wt, y[0], y[1]);
+                add_scaled(dst + PANEL, wt, y[2], y[3]);
+                j++;
+                continue;
+            }
+            for (int64_t p = first; p < last; p += QTILE) {
+                int rows = last - p < QTILE ? (int)(last - p) : QTILE;
                 qtile_any(rows, s->h + p * F, F, w, e * (d / PANEL) + j, F, y0, y1);
-                for (int r = 0; r < rows; r++) {
-                    float *dst = out + s->token[p + r] * d + j * PANEL, wt = s->weight[p + r];
-                    *(vec *)dst = load(dst) + wt * y0[r];
-                    *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1[r];
-                }
+                for (int r = 0; r < rows; r++)
+                    add_scaled(out + s->token[p + r] * d + j * PANEL, s->weight[p + r], y0[r],
+                               y1[r]);
             }
         }
     }

@@ -70,6 +70,21 @@ def test_linear_formats_match_float64(isa: str, fmt: WeightFormat) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f.dtype}-{f.group_size}-{f.scale_dtype}")
+def test_linear_row_alone_is_its_row_in_a_batch(isa: str, fmt: WeightFormat) -> None:
+    """677 columns (22 panels, the last partial): a single row takes the panels two at a time,
+    yet gets exactly the values its row gets in batches of 2..13 rows (batch-invariant)."""
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(677, 100, generator=g), torch.randn(677, generator=g)
+    packed = PackedLinear.from_weight(w, fmt)
+    x = torch.randn(13, 100, generator=g)
+    alone = torch.cat([packed(x[i : i + 1], b) for i in range(13)])
+    ref = F.linear(x.double(), packed.dequantize(torch.float64), b.double())
+    assert rel_err(alone, ref) < 1e-5
+    for rows in (2, 5, 13):
+        assert torch.equal(packed(x[:rows], b), alone[:rows]), rows
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f.dtype}-{f.group_size}-{f.scale_dtype}")
 @pytest.mark.parametrize(("num_tokens", "k", "f", "d"), [(1, 1, 48, 32), (13, 3, 48, 96)])
 def test_expert_formats_match_float64(
     isa: str, fmt: WeightFormat, num_tokens: int, k: int, f: int, d: int
@@ -83,6 +98,22 @@ def test_expert_formats_match_float64(
     assert packed.runs(x, chosen)
     got = packed(x, chosen, scores)
     assert (got.double() - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f.dtype}-{f.group_size}-{f.scale_dtype}")
+def test_expert_token_alone_is_its_row_in_a_batch(isa: str, fmt: WeightFormat) -> None:
+    """F 528, d 512 (33 gate/up and 16 down panels): a token alone (every expert one pair: two
+    panels at a time) gets exactly its row of a batch that shares its experts."""
+    w = experts(4, 528, 512, seed=2)
+    x = torch.randn(5, 512, generator=torch.Generator().manual_seed(1))
+    chosen, scores = random_routing(5, 4, 2, seed=3)
+    packed = PackedExperts.from_weights(*w, fmt)
+    alone = torch.cat(
+        [packed(x[t : t + 1], chosen[t : t + 1], scores[t : t + 1]) for t in range(5)]
+    )
+    ref = moe_reference(x, chosen, scores, list(packed.dequantize(torch.float64)))
+    assert (alone.double() - ref).abs().max() < 1e-5
+    assert torch.equal(packed(x, chosen, scores), alone)
 
 
 def test_layouts_round_trip() -> None:
