@@ -48,6 +48,26 @@ ALWAYS_INLINE void panel_tile(int R, const float *x, int64_t ldx, const float *p
     }
 }
 
+/* panel_tile of one row over two adjacent panels at once (the second `k * PANEL` floats after
+ * the first): four accumulator chains where one row of one panel has two, each output summed
+ * exactly as panel_tile sums it. acc [4]: the two panels' halves in order. */
+ALWAYS_INLINE void row_pair(const float *x, const float *panel, int64_t k, vec *acc) {
+    const float *q = panel + k * PANEL;
+    vec a[4] = {0};
+    for (int64_t c = 0; c < k; c++) {
+        prefetch_ahead(panel + c * PANEL);
+        prefetch_ahead(panel + c * PANEL + LANES);
+        prefetch_ahead(q + c * PANEL);
+        prefetch_ahead(q + c * PANEL + LANES);
+        float xv = x[c];
+        a[0] += xv * load(panel + c * PANEL);
+        a[1] += xv * load(panel + c * PANEL + LANES);
+        a[2] += xv * load(q + c * PANEL);
+        a[3] += xv * load(q + c * PANEL + LANES);
+    }
+    for (int h = 0; h < 4; h++) acc[h] = a[h];
+}
+
 static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *panel, int64_t k,
                            vec *acc0, vec *acc1) {
     switch (rows) {
@@ -60,67 +80,90 @@ static void panel_tile_any(int rows, const float *x, int64_t ldx, const float *p
     }
 }
 
-/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in linear panels. */
+/* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in linear panels; threads
+ * take runs of consecutive panels, and one row takes two panels at a time (row_pair). */
 void hagmoe_linear(const float *x, const float *panels, const float *bias, float *out, int64_t m,
                    int64_t k, int64_t n, int threads) {
     int64_t np = (n + PANEL - 1) / PANEL, runs = threads * CHUNKS_PER_THREAD;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int64_t run = 0; run < runs; run++)
-    for (int64_t j = run * np / runs; j < (run + 1) * np / runs; j++) {
-        vec y[2][TILE];
-        int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
-        for (int64_t i = 0; i < m; i += TILE) {
-            int rows = m - i < TILE ? (int)(m - i) : TILE;
-            panel_tile_any(rows, x + i * k, k, panels + j * k * PANEL, k, y[0], y[1]);
-            for (int r = 0; r < rows; r++) {
-                float *dst = out + (i + r) * n + j * PANEL;
-                for (int64_t c = 0; c < cols; c++)
-                    dst[c] = y[c / LANES][r][c % LANES] + (bias ? bias[j * PANEL + c] : 0.f);
+    for (int64_t run = 0; run < runs; run++) {
+        int64_t j1 = (run + 1) * np / runs;
+        for (int64_t j = run * np / runs; j < j1; j++) {
+            const float *b = bias ? bias + j * PANEL : NULL;
+            int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
+            if (m == 1 && j + 1 < j1) {
+                vec y[4];
+                row_pair(x, panels + j * k * PANEL, k, y);
+                int64_t next = n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL;
+                store_panel(out + j * PANEL, y[0], y[1], b, cols);
+                store_panel(out + (j + 1) * PANEL, y[2], y[3], b ? b + PANEL : NULL, next);
+                j++;
+                continue;
+            }
+            vec y[2][TILE];
+            for (int64_t i = 0; i < m; i += TILE) {
+                int rows = m - i < TILE ? (int)(m - i) : TILE;
+                panel_tile_any(rows, x + i * k, k, panels + j * k * PANEL, k, y[0], y[1]);
+                for (int r = 0; r < rows; r++)
+                    store_panel(out + (i + r) * n + j * PANEL, y[0][r], y[1][r], b, cols);
             }
         }
     }
 }
 
 /* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert, for
- * panels j in [j0, j1), expert by expert (an expert's panels lie one after another). */
+ * panels j in [j0, j1), expert by expert (an expert's panels lie one after another); an expert of
+ * one pair takes two panels at a time. */
 static void gate_up_panels(const float *xs, const int64_t *offsets, const float *gate_up,
                            float *h, int64_t experts, int64_t d, int64_t F, int64_t j0,
                            int64_t j1) {
     vec g[TILE], u[TILE];
     for (int64_t e = 0; e < experts; e++) {
+        int64_t first = offsets[e], last = offsets[e + 1];
         for (int64_t j = j0; j < j1; j++) {
             const float *panel = gate_up + ((e * (F / LANES)) + j) * d * PANEL;
-            for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
-                int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+            if (last - first == 1 && j + 1 < j1) {
+                vec y[4];
+                row_pair(xs + first * d, panel, d, y);
+                silu_store(h + first * F + j * LANES, y[0], y[1]);
+                silu_store(h + first * F + (j + 1) * LANES, y[2], y[3]);
+                j++;
+                continue;
+            }
+            for (int64_t p = first; p < last; p += TILE) {
+                int rows = last - p < TILE ? (int)(last - p) : TILE;
                 panel_tile_any(rows, xs + p * d, d, panel, d, g, u);
-                for (int r = 0; r < rows; r++) {
-                    float *dst = h + (p + r) * F + j * LANES;
-                    for (int i = 0; i < LANES; i++)
-                        dst[i] = g[r][i] / (1.f + exp_approx(-g[r][i])) * u[r][i];
-                }
+                for (int r = 0; r < rows; r++) silu_store(h + (p + r) * F + j * LANES, g[r], u[r]);
             }
         }
     }
 }
 
 /* out[token[p], 32j : 32j + 32] += weight[p] * (h[p] @ w3[e]^T)[32j : 32j + 32] for panels j in
- * [j0, j1), expert by expert (so each output element adds the experts in order). */
+ * [j0, j1), expert by expert (so each output element adds the experts in order); an expert of
+ * one pair takes two panels at a time. */
 static void down_panels(const float *h, const int64_t *token, const float *weight,
                         const int64_t *offsets, const float *down, float *out, int64_t experts,
                         int64_t d, int64_t F, int64_t j0, int64_t j1) {
     vec y0[TILE], y1[TILE];
     for (int64_t e = 0; e < experts; e++) {
+        int64_t first = offsets[e], last = offsets[e + 1];
         for (int64_t j = j0; j < j1; j++) {
             const float *panel = down + ((e * (d / PANEL)) + j) * F * PANEL;
-            for (int64_t p = offsets[e]; p < offsets[e + 1]; p += TILE) {
-                int rows = offsets[e + 1] - p < TILE ? (int)(offsets[e + 1] - p) : TILE;
+            if (last - first == 1 && j + 1 < j1) {
+                vec y[4];
+                row_pair(h + first * F, panel, F, y);
+                float *dst = out + token[first] * d + j * PANEL;
+                add_scaled(dst, weight[first], y[0], y[1]);
+                add_scaled(dst + PANEL, weight[first], y[2], y[3]);
+                j++;
+                continue;
+            }
+            for (int64_t p = first; p < last; p += TILE) {
+                int rows = last - p < TILE ? (int)(last - p) : TILE;
                 panel_tile_any(rows, h + p * F, F, panel, F, y0, y1);
-                for (int r = 0; r < rows; r++) {
-                    float *dst = out + token[p + r] * d + j * PANEL;
-                    float w = weight[p + r];
-                    *(vec *)dst = load(dst) + w * y0[r];
-                    *(vec *)(dst + LANES) = load(dst + LANES) + w * y1[r];
-                }
+                for (int r = 0; r < rows; r++)
+                    add_scaled(out + token[p + r] * d + j * PANEL, weight[p + r], y0[r], y1[r]);
             }
         }
     }

@@ -41,6 +41,18 @@ static inline void prefetch_ahead(const void *p) {
     __builtin_prefetch((const char *)p + PREFETCH_AHEAD, 0, 3);
 }
 
+/* dst[0, cols) = a panel's two halves y0, y1 (+ bias[0, cols) when not NULL). */
+static inline void store_panel(float *dst, vec y0, vec y1, const float *bias, int64_t cols) {
+    for (int64_t c = 0; c < cols; c++)
+        dst[c] = (c < LANES ? y0[c] : y1[c - LANES]) + (bias ? bias[c] : 0.f);
+}
+
+/* dst [32] += wt * (y0, y1): an expert's down output added to its token's row. */
+ALWAYS_INLINE void add_scaled(float *dst, float wt, vec y0, vec y1) {
+    *(vec *)dst = load(dst) + wt * y0;
+    *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1;
+}
+
 /* exp(x) within 2 ulp for x in [-87, 88] (clamped outside), branch-free so that loops over it
  * vectorise (libm's expf does not): Cephes' polynomial, 2^n put into the exponent bits. */
 static inline float exp_approx(float x) {
@@ -60,6 +72,11 @@ static inline float exp_approx(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return (p * r * r + r + 1.f) * scale;
+}
+
+/* dst [16] = silu(g) * u: SwiGLU of a gate/up panel's halves. */
+ALWAYS_INLINE void silu_store(float *dst, vec g, vec u) {
+    for (int i = 0; i < LANES; i++) dst[i] = g[i] / (1.f + exp_approx(-g[i])) * u[i];
 }
 
 /* The routed (token, expert) pairs of one MoE call sorted by expert (counting sort, tokens in

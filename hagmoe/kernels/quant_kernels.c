@@ -185,12 +185,6 @@ static void qtile_any(int rows, const float *x, int64_t ldx, const qweights *w, 
     }
 }
 
-/* dst[0, cols) = the panel's two halves y0, y1 (+ bias[0, cols) when not NULL). */
-static void store_panel(float *dst, vec y0, vec y1, const float *bias, int64_t cols) {
-    for (int64_t c = 0; c < cols; c++)
-        dst[c] = (c < LANES ? y0[c] : y1[c - LANES]) + (bias ? bias[c] : 0.f);
-}
-
 /* out [m, n] = x [m, k] @ w [n, k]^T (+ bias [n] when not NULL), w in bf16 or int8 panels; one
  * row takes two panels at a time (qrow_pair). */
 void hagmoe_linear_q(const float *x, const void *panels, const void *scales, const float *bias,
@@ -223,15 +217,6 @@ void hagmoe_linear_q(const float *x, const void *panels, const void *scales, con
             }
         }
     }
-}
-
-ALWAYS_INLINE void silu_store(float *dst, vec g, vec u) {
-    for (int i = 0; i < LANES; i++) dst[i] = g[i] / (1.f + exp_approx(-g[i])) * u[i];
-}
-
-ALWAYS_INLINE void add_scaled(float *dst, float wt, vec y0, vec y1) {
-    *(vec *)dst = load(dst) + wt * y0;
-    *(vec *)(dst + LANES) = load(dst + LANES) + wt * y1;
 }
 
 /* h[p, 16j : 16j + 16] = silu(xs[p] . w1) * (xs[p] . w2) for every pair p of every expert, for

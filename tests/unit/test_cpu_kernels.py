@@ -231,9 +231,10 @@ def test_released_thread_team_comes_back() -> None:
     assert torch.equal(x @ x, before)
 
 
-def test_kernels_are_batch_and_thread_invariant() -> None:
-    """A row's result is bit-identical alone, among others, and on one or two threads."""
-    n, f, d = 8, 48, 32
+@pytest.mark.parametrize(("n", "f", "d"), [(8, 48, 32), (4, 528, 512)])
+def test_kernels_are_batch_and_thread_invariant(n: int, f: int, d: int) -> None:
+    """A row's result is bit-identical alone, among others, and on one or two threads; with
+    F 528 and d 512 a row alone takes the panels two at a time (row_pair)."""
     w = experts(n, f, d, seed=0)
     packed, w0 = cpu.pack_experts(*w), cpu.pack_linear(w[0][0])
     x = torch.randn(20, d, generator=torch.Generator().manual_seed(2))
