@@ -267,8 +267,11 @@ def token_logprobs(logits: Tensor, targets: list[int], top_n: list[int]) -> list
     target_ids = torch.tensor(targets, device=logits.device)  # [R]
     chosen = logp.gather(1, target_ids[:, None]).squeeze(1).tolist()
     wanted = [min(n, logits.shape[-1]) for n in top_n]
-    top_values, top_ids = torch.topk(logp, max(wanted), dim=-1)  # [R, N]
-    values, ids = top_values.tolist(), top_ids.tolist()
+    values: list[list[float]] = [[] for _ in targets]
+    ids: list[list[int]] = [[] for _ in targets]
+    if max(wanted, default=0) > 0:
+        top_values, top_ids = torch.topk(logp, max(wanted), dim=-1)  # [R, N]
+        values, ids = top_values.tolist(), top_ids.tolist()
     return [
         TokenLogprob(t, c, dict(zip(ids[j][:n], values[j][:n], strict=True)))
         for j, (t, c, n) in enumerate(zip(targets, chosen, wanted, strict=True))
