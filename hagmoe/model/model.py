@@ -96,9 +96,9 @@ class HagMoEModel(nn.Module):
         rows = input_ids.shape[0]
         if kernel is None or seg is None or ctx.training is not None or not kernel.takes(rows):
             return None
-        x = self._embed(input_ids, ctx)
-        if not ctx.cached("cpu_kernels", lambda: cpu.enabled_for(x)):
+        if not ctx.cached("cpu_kernels", lambda: cpu.enabled_for(self._norm_weight)):
             return None
+        x = self._embed(input_ids, ctx)
         assert ctx.kv_caches is not None
         layers = [cast(DecoderLayer, layer) for layer in self.layers]
         logits, experts, scores = kernel(

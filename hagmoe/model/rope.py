@@ -12,8 +12,6 @@ from hagmoe.model.rope_scaling import rope_frequencies
 TABLE_STEP = 1024  # a table of cos / sin grows to whole multiples of this many positions
 _TABLES: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}  # by rope_table's arguments
 
-_FREQUENCIES: dict[tuple[object, ...], tuple[Tensor, float]] = {}  # rope_frequencies, by args
-
 
 def rope_cos_sin(
     positions: Tensor,
@@ -26,11 +24,9 @@ def rope_cos_sin(
 
     `scaling` is the config's `rope_scaling` (null: plain rope)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    key = (head_dim, theta, repr(scaling), work, positions.device,
-           torch.is_inference_mode_enabled())  # fmt: skip
-    if key not in _FREQUENCIES:
-        _FREQUENCIES[key] = rope_frequencies(head_dim, theta, scaling, work, positions.device)
-    inv_freq, attention_factor = _FREQUENCIES[key]  # [hd/2]
+    inv_freq, attention_factor = rope_frequencies(
+        head_dim, theta, scaling, work, positions.device
+    )  # [hd/2]
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat((angles, angles), dim=-1)  # [T, hd]
     return (emb.cos() * attention_factor).to(dtype), (emb.sin() * attention_factor).to(dtype)
