@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Iterator
 from typing import Any
@@ -150,7 +148,6 @@ async def _run(ctx: ServerContext, engine: AsyncEngine) -> int:
     http = _Uvicorn(config)
     grpc_frontend = GrpcFrontend(ctx) if s.grpc_port else None
     engine.start()
-    frontend_without_wakeup_preemption()  # after the engine thread exists: it keeps its own
     try:
         http_task = await _open_ports(ctx, http, grpc_frontend)
         if http_task is None:
@@ -163,21 +160,6 @@ async def _run(ctx: ServerContext, engine: AsyncEngine) -> int:
         engine.shutdown()
     logger.info("stopped")
     return 0
-
-
-def frontend_without_wakeup_preemption() -> bool:
-    """Make the calling thread (the event loop) and the threads it starts later SCHED_BATCH:
-    woken by the engine for every token, it then waits for a CPU instead of preempting the
-    engine's. On 2 vCPUs that preemption cost ~0.3 ms a token at one stream (docs/benchmarks.md).
-    Threads started before keep their policy. False where the OS has no such policy."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None:
-        return False
-    try:
-        os.sched_setscheduler(threading.get_native_id(), batch, os.sched_param(0))
-    except OSError:
-        return False
-    return True
 
 
 async def _open_ports(
