@@ -89,17 +89,15 @@ void hagmoe_linear(const float *x, const float *panels, const float *bias, float
     for (int64_t run = 0; run < runs; run++) {
         int64_t j1 = (run + 1) * np / runs;
         for (int64_t j = run * np / runs; j < j1; j++) {
-            const float *b = bias ? bias + j * PANEL : NULL;
-            int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
             if (m == 1 && j + 1 < j1) {
                 vec y[4];
                 row_pair(x, panels + j * k * PANEL, k, y);
-                int64_t next = n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL;
-                store_panel(out + j * PANEL, y[0], y[1], b, cols);
-                store_panel(out + (j + 1) * PANEL, y[2], y[3], b ? b + PANEL : NULL, next);
+                store_panel_pair(out, y, bias, n, j);
                 j++;
                 continue;
             }
+            const float *b = bias ? bias + j * PANEL : NULL;
+            int64_t cols = panel_cols(n, j);
             vec y[2][TILE];
             for (int64_t i = 0; i < m; i += TILE) {
                 int rows = m - i < TILE ? (int)(m - i) : TILE;

@@ -41,10 +41,24 @@ static inline void prefetch_ahead(const void *p) {
     __builtin_prefetch((const char *)p + PREFETCH_AHEAD, 0, 3);
 }
 
+/* Output columns of panel j of a weight with n of them: PANEL, fewer in the last panel. */
+static inline int64_t panel_cols(int64_t n, int64_t j) {
+    return n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
+}
+
 /* dst[0, cols) = a panel's two halves y0, y1 (+ bias[0, cols) when not NULL). */
 static inline void store_panel(float *dst, vec y0, vec y1, const float *bias, int64_t cols) {
     for (int64_t c = 0; c < cols; c++)
         dst[c] = (c < LANES ? y0[c] : y1[c - LANES]) + (bias ? bias[c] : 0.f);
+}
+
+/* Panels j and j + 1 of one output row out [n] = y [4] (the two panels' halves, as a row pair
+ * gives them), + bias [n] when not NULL. */
+static inline void store_panel_pair(float *out, const vec *y, const float *bias, int64_t n,
+                                    int64_t j) {
+    for (int64_t p = 0; p < 2; p++)
+        store_panel(out + (j + p) * PANEL, y[2 * p], y[2 * p + 1],
+                    bias ? bias + (j + p) * PANEL : NULL, panel_cols(n, j + p));
 }
 
 /* dst [32] += wt * (y0, y1): an expert's down output added to its token's row. */

@@ -196,18 +196,16 @@ void hagmoe_linear_q(const float *x, const void *panels, const void *scales, con
     for (int64_t run = 0; run < runs; run++) {
         int64_t j1 = (run + 1) * np / runs;
         for (int64_t j = run * np / runs; j < j1; j++) {
-            const float *b = bias ? bias + j * PANEL : NULL;
-            int64_t cols = n - j * PANEL < PANEL ? n - j * PANEL : PANEL;
             if (m == 1 && j + 1 < j1) {
                 vec y[4];
                 qpanel q = qpanel_at(&w, j, k);
                 qrow_pair(x, q.panel, q.scales, q.stride, q.scale_stride, k, &w, y);
-                int64_t next = n - (j + 1) * PANEL < PANEL ? n - (j + 1) * PANEL : PANEL;
-                store_panel(out + j * PANEL, y[0], y[1], b, cols);
-                store_panel(out + (j + 1) * PANEL, y[2], y[3], b ? b + PANEL : NULL, next);
+                store_panel_pair(out, y, bias, n, j);
                 j++;
                 continue;
             }
+            const float *b = bias ? bias + j * PANEL : NULL;
+            int64_t cols = panel_cols(n, j);
             vec y[2][QTILE];
             for (int64_t i = 0; i < m; i += QTILE) {
                 int rows = m - i < QTILE ? (int)(m - i) : QTILE;

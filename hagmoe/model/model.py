@@ -93,20 +93,22 @@ class HagMoEModel(nn.Module):
         every row is sampled, in one call through decode_kernel; None where that does not run
         (then forward and compute_logits do)."""
         kernel, seg = self.decode_kernel, ctx.decode_segment
-        rows = input_ids.shape[0]
-        if kernel is None or seg is None or ctx.training is not None or not kernel.takes(rows):
+        if (
+            kernel is None
+            or seg is None
+            or ctx.training is not None
+            or not kernel.takes(input_ids.shape[0])
+        ):
             return None
         if not ctx.cached("cpu_kernels", lambda: cpu.enabled_for(self._norm_weight)):
             return None
         x = self._embed(input_ids, ctx)
         assert ctx.kv_caches is not None
-        layers = [cast(DecoderLayer, layer) for layer in self.layers]
-        logits, experts, scores = kernel(
-            x.contiguous(), layers[0].decode_rows(ctx, seg), [c[0] for c in ctx.kv_caches]
-        )
+        rows = cast(DecoderLayer, self.layers[0]).decode_rows(ctx, seg)
+        logits, experts, scores = kernel(x.contiguous(), rows, [c[0] for c in ctx.kv_caches])
         if ctx.keeps_routing:
-            for layer, chosen, weights in zip(layers, experts, scores, strict=True):
-                layer.keep_decided(chosen, weights, ctx)
+            for layer, chosen, weights in zip(self.layers, experts, scores, strict=True):
+                cast(DecoderLayer, layer).keep_decided(chosen, weights, ctx)
         return logits
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
