@@ -14,7 +14,9 @@ from typing import Any
 
 import uvicorn
 
-from hagmoe.engine.async_engine import AsyncEngine
+from hagmoe.engine.async_engine import AsyncEngine, StepListener
+from hagmoe.engine.engine_core import StepStats
+from hagmoe.engine.outputs import RequestOutput
 from hagmoe.errors import ConfigError, HagMoEError
 from server.admission import Admission
 from server.app import build_app
@@ -26,6 +28,7 @@ from server.http_timeouts import http_protocol
 from server.lifecycle import Lifecycle
 from server.limits import Limits
 from server.logs import configure_logging
+from server.loop_policy import EventLoopPolicy
 from server.metrics import Metrics
 from server.prompt_text import chars_per_token
 from server.server_context import ServerContext
@@ -45,11 +48,25 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def _step_listener(metrics: Metrics) -> StepListener:
+    """Metrics, and the event loop's policy where the engine takes every CPU (this thread
+    runs the event loop)."""
+    if not EventLoopPolicy.wanted():
+        return metrics.on_step
+    policy = EventLoopPolicy()
+
+    def on_step(stats: StepStats, outputs: list[RequestOutput]) -> None:
+        metrics.on_step(stats, outputs)
+        policy.on_step(stats)
+
+    return on_step
+
+
 def build_context(settings: Settings) -> tuple[ServerContext, AsyncEngine]:
     engine = build_engine(settings)
     info = dataclasses.replace(engine.model_info(), model_id=settings.model_name)
     metrics = Metrics(info)
-    engine.step_listener = metrics.on_step
+    engine.step_listener = _step_listener(metrics)
     limits = Limits.resolve(settings, info)
     admission = Admission(settings.max_concurrent_requests, settings.max_queue)
     metrics.watch_admission(admission)
