@@ -63,20 +63,21 @@ class ModelRunner:
             segments=batch.segments,
             kv_caches=self.kv_caches,
             slot_mapping=batch.slot_mapping,
-            return_routing=wants_routing or self.config.collect_routing_stats,
+            return_routing=wants_routing,  # a one-call decode counts from ctx.decode_experts
         )
         out = RunnerOutput()
         logits = None  # [S, V]
         if len(batch.sampled) == batch.input_ids.shape[0]:  # every row sampled, in order
             logits = self.model.decode_logits(batch.input_ids, ctx)
         if logits is None:
+            ctx.return_routing = wants_routing or self.config.collect_routing_stats
             hidden = self.model(batch.input_ids, ctx)
             if batch.prompt_rows:
                 out.prompt_logprobs = self._prompt_logprobs(hidden, batch.prompt_rows)
             if batch.sampled:
                 logits = self.model.compute_logits(hidden[batch.sample_index])
-        if ctx.routing and self.config.collect_routing_stats:
-            out.routing_stats = self._routing_stats(ctx.routing)
+        if self.config.collect_routing_stats and (ctx.routing or ctx.decode_experts is not None):
+            out.routing_stats = self._routing_stats(ctx)
         if logits is None:
             return out
         requests = [s.request for s in batch.sampled]
@@ -105,12 +106,17 @@ class ModelRunner:
         found = iter(token_logprobs(logits, targets, top_n))
         return {r.request.request_id: [next(found) for _ in range(r.count)] for r in rows}
 
-    def _routing_stats(self, routing: list[LayerRouting]) -> RoutingStats:
+    def _routing_stats(self, ctx: ForwardContext) -> RoutingStats:
         """The step's routing counts, in numpy (a few small arrays: torch's per-op cost
-        dominated them)."""
+        dominated them), from the one-call decode's experts where it ran."""
         cfg = self.model.config
-        n, g, layers = cfg.num_experts, cfg.num_groups, len(routing)
-        experts = np.stack([r.experts.cpu().numpy() for r in routing])  # [L, T, K]
+        routing = ctx.routing
+        if ctx.decode_experts is not None:  # the top-k family's one-call decode
+            assert cfg.router == "linear"
+            experts = ctx.decode_experts.numpy()  # [L, T, K]
+        else:
+            experts = np.stack([r.experts.cpu().numpy() for r in routing])
+        n, g, layers = cfg.num_experts, cfg.num_groups, experts.shape[0]
         layer = np.arange(layers)[:, None, None]
         flat = (layer * n + experts)[experts >= 0]
         expert_tokens = np.bincount(flat, minlength=layers * n).reshape(layers, n).tolist()

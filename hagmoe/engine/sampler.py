@@ -62,7 +62,7 @@ class Sampler:
         if not requests:
             return SamplerOutput([], [])
         if all(_is_plain_greedy(r) for r in requests):
-            return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(requests))
+            return _plain_greedy(logits, requests)
         x = logits.float()  # [B, V]
         x = _apply_penalties(x, requests)
         x = _mask_min_tokens(x, requests)
@@ -105,11 +105,30 @@ class Sampler:
         return uniforms
 
 
+def _plain_greedy(logits: Tensor, requests: Sequence[Request]) -> SamplerOutput:
+    """Argmax of each row of logits [B, V], and where asked the chosen token's logprob (its
+    logit minus the row's logsumexp; no alternatives)."""
+    best, ids = logits.max(dim=-1)  # [B]: the first maximum, as argmax
+    token_ids: list[int] = ids.tolist()
+    asked = [r.sampling_params.logprobs is not None for r in requests]
+    if not any(asked):
+        return SamplerOutput(token_ids, [None] * len(requests))
+    logprob = (best.float() - torch.logsumexp(logits.float(), dim=-1)).tolist()  # [B]
+    return SamplerOutput(
+        token_ids,
+        [
+            TokenLogprob(t, lp, {}) if a else None
+            for t, lp, a in zip(token_ids, logprob, asked, strict=True)
+        ],
+    )
+
+
 def _is_plain_greedy(request: Request) -> bool:
+    """Greedy with nothing to apply first and no logprob alternatives asked."""
     p = request.sampling_params
     return (
         p.greedy
-        and p.logprobs is None
+        and not p.logprobs
         and not _has_penalty(request)
         and not _min_tokens_active(request)
         and not has_constraints(request)

@@ -95,6 +95,7 @@ class ForwardContext:
     return_routing: bool = False  # fill `routing` with each layer's decisions
     training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
+    decode_experts: Tensor | None = None  # [L, T, K] every layer's experts, one-call decode
     _cached: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property

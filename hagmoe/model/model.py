@@ -90,8 +90,8 @@ class HagMoEModel(nn.Module):
 
     def decode_logits(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor | None:
         """Logits [T, V] of a decode step (one row per sequence, ctx.decode_segment) whose
-        every row is sampled, in one call through decode_kernel; None where that does not run
-        (then forward and compute_logits do)."""
+        every row is sampled, in one call through decode_kernel (every layer's experts left in
+        ctx.decode_experts); None where that does not run (then forward and compute_logits do)."""
         kernel, seg = self.decode_kernel, ctx.decode_segment
         if (
             kernel is None
@@ -106,6 +106,7 @@ class HagMoEModel(nn.Module):
         assert ctx.kv_caches is not None
         rows = cast(DecoderLayer, self.layers[0]).decode_rows(ctx, seg)
         logits, experts, scores = kernel(x.contiguous(), rows, [c[0] for c in ctx.kv_caches])
+        ctx.decode_experts = experts
         if ctx.keeps_routing:
             for layer, chosen, weights in zip(self.layers, experts, scores, strict=True):
                 cast(DecoderLayer, layer).keep_decided(chosen, weights, ctx)

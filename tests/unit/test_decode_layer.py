@@ -162,6 +162,29 @@ def test_routing_records_come_from_the_decode_layer() -> None:
                 assert a.scores == pytest.approx(b.scores, rel=1e-5)
 
 
+def test_routing_statistics_come_from_the_decode_step() -> None:
+    """The server's per-step expert counts, with no request asking for routing, are the
+    per-op path's on every step."""
+    counts = {}
+    for fusion in ("model", "per-op"):
+        engine = EngineCore(
+            packed(CONFIGS["learned-layernorm-bias"], "int8", fusion),
+            None,
+            EngineConfig(block_size=4, collect_routing_stats=True),
+        )
+        params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        for i, prompt in enumerate(PROMPTS[:2]):
+            engine.add_request(f"r{i}", prompt, params)
+        steps = []
+        while engine.has_unfinished_requests():
+            engine.step()
+            stats = engine.last_stats.routing
+            assert stats is not None
+            steps.append((stats.expert_tokens, stats.k))
+        counts[fusion] = steps
+    assert counts["model"] == counts["per-op"]
+
+
 def test_layers_it_does_not_take_keep_the_per_op_path() -> None:
     """The attention router, feedback and a shared expert are not fused."""
     for cfg in (
