@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,7 +41,10 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-SOURCES = (SOURCE, SOURCE.with_name("quant_kernels.c"), SOURCE.with_name("decode_layer.c"))
+SOURCES = tuple(
+    SOURCE.with_name(name)
+    for name in ("cpu_kernels.c", "quant_kernels.c", "decode_layer.c", "greedy.c")
+)
 HEADER = SOURCE.with_name("kernels.h")
 ISA_FLAGS = {"native": "-march=native", "avx2": "-march=x86-64-v3"}  # HAGMOE_CPU_ISA
 LANES = 16  # vector width; the attention head dim and the expert F must be multiples of it
@@ -61,6 +65,7 @@ _SIGNATURES = {
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
     "hagmoe_topk_decode_layer": [_P] * 7,
     "hagmoe_topk_decode_model": [_P] * 7,
+    "hagmoe_greedy_logprob": [_P, _I64, _I64, _P, _P],
 }
 
 
@@ -209,6 +214,18 @@ def linear(x: Tensor, panels: Tensor, n: int, bias: Tensor | None = None) -> Ten
         _ptr(x), _ptr(panels), _ptr(bias), _ptr(out), m, k, n, torch.get_num_threads()
     )
     return out
+
+
+def greedy_logprob(logits: Tensor) -> tuple[list[int], list[float]]:
+    """Each row's first maximum of logits [R, V] (rows without NaN) and its logprob, as lists:
+    one C pass and no torch op (hagmoe_greedy_logprob)."""
+    lib = library()
+    assert lib is not None and logits.dtype == torch.float32
+    logits = logits.contiguous()
+    rows, vocab = logits.shape
+    ids, logprob = np.empty(rows, np.int64), np.empty(rows, np.float32)
+    lib.hagmoe_greedy_logprob(logits.data_ptr(), rows, vocab, ids.ctypes.data, logprob.ctypes.data)
+    return ids.tolist(), logprob.tolist()
 
 
 def pack_experts(w1: Tensor, w2: Tensor, w3: Tensor) -> tuple[Tensor, Tensor]:

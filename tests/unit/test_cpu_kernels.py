@@ -3,6 +3,7 @@ their use by the model when serving, and the fallback when they cannot be built.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -371,3 +372,24 @@ def test_engine_packs_kernel_weights_before_the_first_request(monkeypatch: Any) 
     while engine.has_unfinished_requests():
         engine.step()
     assert calls == packed_at_start
+
+
+@pytest.mark.parametrize("vocab", [1, 15, 16, 17, 33, 4099])
+def test_greedy_logprob_is_torch_argmax_and_log_softmax(vocab: int) -> None:
+    """Odd vocabularies (partial vectors), ties (lowest id), NaN (its first, as torch) and
+    -inf rows against torch's argmax and a float64 log_softmax."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=gen) * 6
+    logits[1, :] = 0.5  # all tied
+    logits[2, vocab // 2 :] = -float("inf")
+    logits[3, vocab - 1] = float("nan")
+    ids, logprob = cpu.greedy_logprob(logits)
+    assert ids == logits.argmax(-1).tolist()
+    reference = torch.log_softmax(logits.double(), dim=-1)
+    for row, (token, value) in enumerate(zip(ids, logprob, strict=True)):
+        expected = reference[row, token].item()  # NaN for row 3 and an all -inf row
+        assert (
+            math.isnan(value)
+            if math.isnan(expected)
+            else value == pytest.approx(expected, abs=2e-6)
+        )

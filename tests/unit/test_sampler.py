@@ -298,3 +298,32 @@ def test_constraint_fields_out_of_range_are_refused_by_name(
 
     with pytest.raises(InvalidRequestError, match=field):
         SamplingParams(**params).validate(vocab_size=10)
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_plain_greedy_logprobs_are_the_chosen_tokens_log_softmax(
+    kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy rows asking only the chosen token's logprob (TGI's streams): argmax with the
+    lowest id on ties, and its logprob, in the C pass and in torch's."""
+    from hagmoe.kernels import cpu
+
+    monkeypatch.setenv("HAGMOE_CPU_KERNELS", kernels)
+    cpu.library.cache_clear()
+    try:
+        gen = torch.Generator().manual_seed(9)
+        logits = torch.randn(5, 4099, generator=gen) * 4
+        logits[1, [7, 4000]] = 100.0  # a tie
+        logits[3] = logits[3].clamp(max=0.0)
+        requests = [make_request(temperature=0.0, logprobs=0) for _ in range(4)]
+        requests.append(make_request(temperature=0.0))
+        out = Sampler(seed=0)(logits, requests)
+    finally:
+        cpu.library.cache_clear()
+    reference = torch.log_softmax(logits.double(), dim=-1)
+    assert out.token_ids == logits.argmax(-1).tolist() and out.token_ids[1] == 7
+    assert out.logprobs[4] is None
+    for row in range(4):
+        entry = out.logprobs[row]
+        assert entry is not None and entry.token_id == out.token_ids[row] and entry.top == {}
+        assert entry.logprob == pytest.approx(reference[row, entry.token_id].item(), abs=1e-5)
