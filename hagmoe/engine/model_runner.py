@@ -107,8 +107,8 @@ class ModelRunner:
         return {r.request.request_id: [next(found) for _ in range(r.count)] for r in rows}
 
     def _routing_stats(self, ctx: ForwardContext) -> RoutingStats:
-        """The step's routing counts, in numpy (a few small arrays: torch's per-op cost
-        dominated them), from the one-call decode's experts where it ran."""
+        """The step's routing counts, in numpy or plain Python (torch's per-op cost dominated
+        them), from the one-call decode's experts where it ran."""
         cfg = self.model.config
         routing = ctx.routing
         if ctx.decode_experts is not None:  # the top-k family's one-call decode
@@ -116,14 +116,12 @@ class ModelRunner:
             experts = ctx.decode_experts.numpy()  # [L, T, K]
         else:
             experts = np.stack([r.experts.cpu().numpy() for r in routing])
-        n, g, layers = cfg.num_experts, cfg.num_groups, experts.shape[0]
-        layer = np.arange(layers)[:, None, None]
-        flat = (layer * n + experts)[experts >= 0]
-        expert_tokens = np.bincount(flat, minlength=layers * n).reshape(layers, n).tolist()
+        g, (layers, tokens) = cfg.num_groups, experts.shape[:2]
+        expert_tokens = _expert_tokens(experts, cfg.num_experts)
         if cfg.router == "linear":  # no groups or entropy; every token uses top_k experts
-            return RoutingStats(expert_tokens, [], [cfg.top_k] * experts[..., 0].size, [])
+            return RoutingStats(expert_tokens, [], [cfg.top_k] * (layers * tokens), [])
         groups = np.stack([r.group.cpu().numpy() for r in routing])  # [L, T]
-        flat_g = (layer[:, :, 0] * g + groups).reshape(-1)
+        flat_g = (np.arange(layers)[:, None] * g + groups).reshape(-1)
         return RoutingStats(
             expert_tokens=expert_tokens,
             group_tokens=np.bincount(flat_g, minlength=layers * g).reshape(layers, g).tolist(),
@@ -132,6 +130,25 @@ class ModelRunner:
             .reshape(-1)
             .tolist(),
         )
+
+
+SMALL_ROUTING = 512  # (layer, token, expert) entries up to which Python counts faster than numpy
+
+
+def _expert_tokens(experts: np.ndarray, n: int) -> list[list[int]]:
+    """Tokens routed to each of n experts in each layer, from experts [L, T, K] (-1: none); a
+    decode step's few entries in plain Python (numpy's ops cost 50-60 us after a step)."""
+    layers = experts.shape[0]
+    if experts.size > SMALL_ROUTING:
+        flat = (np.arange(layers)[:, None, None] * n + experts)[experts >= 0]
+        return np.bincount(flat, minlength=layers * n).reshape(layers, n).tolist()
+    counts = [[0] * n for _ in range(layers)]
+    for row, tokens in zip(counts, experts.tolist(), strict=True):
+        for chosen in tokens:
+            for e in chosen:
+                if e >= 0:
+                    row[e] += 1
+    return counts
 
 
 def _decisions(routing: list[LayerRouting], token: int) -> list[LayerDecision]:

@@ -16,6 +16,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.errors import InvalidRequestError
 from hagmoe.engine.llm import LLM
+from hagmoe.engine.model_runner import SMALL_ROUTING
 from hagmoe.engine.request import Request
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.model import HagMoEModel, Tokenizer, named_config, random_model
@@ -266,13 +267,15 @@ def test_llm_rejects_text_without_tokenizer(model: HagMoEModel) -> None:
     assert torch.get_default_dtype() == torch.float32
 
 
-def test_routing_stats_count_every_token_expert_pair(model: HagMoEModel) -> None:
+@pytest.mark.parametrize("tokens", [11, 300])  # counted in Python, and in numpy
+def test_routing_stats_count_every_token_expert_pair(model: HagMoEModel, tokens: int) -> None:
     engine = EngineCore(model, None, EngineConfig(collect_routing_stats=True))
-    engine.add_request("a", list(range(1, 12)), _greedy(3))
+    engine.add_request("a", [1 + i % 50 for i in range(tokens)], _greedy(3))
     engine.step()
     stats = engine.last_stats.routing
-    assert stats is not None and engine.last_stats.num_batched_tokens == 11
-    layers, tokens = model.config.num_layers, 11
+    assert stats is not None and engine.last_stats.num_batched_tokens == tokens
+    layers = model.config.num_layers
+    assert (layers * tokens * model.config.k_max > SMALL_ROUTING) == (tokens == 300)
     assert len(stats.k) == layers * tokens and len(stats.entropy) == layers * tokens
     per_layer_k = [sum(stats.k[i * tokens : (i + 1) * tokens]) for i in range(layers)]
     assert [sum(row) for row in stats.expert_tokens] == per_layer_k
