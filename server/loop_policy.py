@@ -3,7 +3,7 @@
 When the engine's OpenMP team holds every CPU, the event loop, woken once a step to stream the
 step's tokens, preempts a thread of the team mid-kernel and the whole step waits for it. As
 SCHED_BATCH the loop is not run on wake-up: it takes the CPU the team leaves between kernels
-(one stream of S on 2 vCPUs: 9-11% more tokens a second). With many streams the loop's work a
+(one stream of S on 2 vCPUs: 5-11% more tokens a second). With many streams the loop's work a
 step outgrows those gaps and waiting for them costs more (16 and 32 streams: 11-12% fewer), so
 the policy holds only while few requests run (docs/benchmarks.md, "The event loop's policy")."""
 

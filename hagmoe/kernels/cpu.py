@@ -217,8 +217,8 @@ def linear(x: Tensor, panels: Tensor, n: int, bias: Tensor | None = None) -> Ten
 
 
 def greedy_logprob(logits: Tensor) -> tuple[list[int], list[float]]:
-    """Each row's first maximum of logits [R, V] (rows without NaN) and its logprob, as lists:
-    one C pass and no torch op (hagmoe_greedy_logprob)."""
+    """Each row's first maximum of logits [R, V] (its first NaN where it has one, as torch's
+    argmax) and that token's logprob, as lists: one C pass, no torch op."""
     lib = library()
     assert lib is not None and logits.dtype == torch.float32
     logits = logits.contiguous()
