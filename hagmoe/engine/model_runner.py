@@ -18,6 +18,7 @@ from hagmoe.engine.request import TokenLogprob
 from hagmoe.engine.sampler import Sampler, token_logprobs
 from hagmoe.engine.step import RoutingStats, RunnerOutput, SchedulerOutput
 from hagmoe.kernels import cpu as cpu_kernels
+from hagmoe.kernels.tuning import tuning
 from hagmoe.model.forward_context import ForwardContext
 from hagmoe.model.model import HagMoEModel
 from hagmoe.model.routing import LayerRouting
@@ -28,6 +29,7 @@ def prepare_weights(model: HagMoEModel) -> None:
     request; idempotent), so that the memory they take is counted before the cache is sized."""
     if model.device.type == "cpu":
         cpu_kernels.library()
+        tuning()  # measured once a machine and thread count, not during a request
         with torch.inference_mode():
             model.pack_cpu_weights()
 

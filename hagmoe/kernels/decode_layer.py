@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.packed import F32_KERNEL_ROWS, PackedExperts, PackedLinear
+from hagmoe.kernels.packed import PackedExperts, PackedLinear
+from hagmoe.kernels.tuning import tuning
 
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 FORMAT_CODES = {"float32": 0, "bfloat16": 1, "int8": 2}
@@ -148,8 +149,8 @@ class TopkDecodeLayer:
 
     def takes(self, rows: int) -> bool:
         """Whether a decode step of `rows` rows runs here (float32 weights: while the kernels
-        beat MKL, F32_KERNEL_ROWS)."""
-        return not self.float32 or rows <= F32_KERNEL_ROWS
+        beat MKL on this machine, tuning)."""
+        return not self.float32 or rows <= tuning().panel_rows
 
     def __call__(self, x: Tensor, rows: DecodeRows, cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, d] -> the layer's output [B, d] (a new tensor), the chosen experts and their

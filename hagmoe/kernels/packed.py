@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hagmoe.kernels import cpu, quant
+from hagmoe.kernels.tuning import panels_matmul, tuning
 from hagmoe.quantization.format import WeightFormat
 
-F32_KERNEL_ROWS = 128  # float32: up to this many rows the kernel beats MKL (docs/benchmarks.md)
 F32_KERNEL_PAIRS_PER_EXPERT = 512  # float32 experts: beyond, MKL's GEMMs win
 
 
@@ -91,11 +91,11 @@ class PackedLinear:
             return F.linear(x, self.dequantize(x.dtype), bias)
         if not self.fmt.is_float32:
             out = quant.linear_q(flat, self.panels, self.scales, self.n, self.group, bias)
-        elif flat.shape[0] <= F32_KERNEL_ROWS:
+        elif flat.shape[0] <= tuning().panel_rows:
             out = cpu.linear(flat, self.panels, self.n, bias)
-        else:  # MKL over the panels in place: [P, m, 32] -> [m, n]
-            wide = torch.matmul(flat, self.panels).permute(1, 0, 2).reshape(flat.shape[0], -1)
-            out = wide[:, : self.n] if bias is None else wide[:, : self.n] + bias
+        else:
+            out = panels_matmul(flat, self.panels, self.n)
+            out = out if bias is None else out + bias
         return out.view(*lead, self.n)
 
 

@@ -8,20 +8,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.packed import F32_KERNEL_ROWS, PackedLinear
+from hagmoe.kernels.packed import PackedLinear
+from hagmoe.kernels.tuning import tuning
 from hagmoe.quantization.format import WeightFormat
-
-KERNEL_ROWS = F32_KERNEL_ROWS  # up to this many rows the kernel beats MKL on the CI machine
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear(x, weight, bias) for x [m, k]; the CPU kernel takes m <= KERNEL_ROWS when weight
-    is a parameter (its packed copy is kept with it)."""
+    """F.linear(x, weight, bias) for x [m, k]; the CPU kernel takes the rows it beats F.linear
+    at on this machine (tuning) when weight is a parameter (its packed copy is kept with it)."""
     if (
         x.dim() == 2
-        and x.shape[0] <= KERNEL_ROWS
         and isinstance(weight, nn.Parameter)
         and cpu.enabled_for(x)
+        and x.shape[0] <= tuning().plain_rows
     ):
         return cpu.linear(x, cpu.linear_panels(weight), weight.shape[0], bias)
     return F.linear(x, weight, bias)
