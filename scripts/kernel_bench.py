@@ -11,9 +11,6 @@ and GFLOP/s of each path.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -21,20 +18,10 @@ import torch.nn.functional as F
 
 import hagmoe.model.experts as experts_module
 from hagmoe.kernels import cpu
+from hagmoe.kernels.tuning import median_seconds
 from hagmoe.model import random_model
 from hagmoe.model.layer import DecoderLayer
 from hagmoe.model.model import HagMoEModel
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
 
 
 def moe_rows(model: HagMoEModel, tokens: int, repeats: int) -> str:

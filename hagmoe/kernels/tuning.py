@@ -43,7 +43,8 @@ class Tuning:
     plain_rows: int
 
 
-def _seconds(fn: Callable[[], object], repeats: int = 3, calls: int = 3) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int = 3, calls: int = 3) -> float:
+    """The median over `repeats` of fn's mean time over `calls` calls, after one warm-up."""
     fn()
     times = []
     for _ in range(repeats):
@@ -79,14 +80,14 @@ def measure() -> Tuning:
     x = {m: torch.randn(m, k, generator=g) for m in ROW_STEPS}
 
     def kernel(m: int) -> float:
-        return _seconds(lambda: cpu.linear(x[m], panels, n))
+        return median_seconds(lambda: cpu.linear(x[m], panels, n))
 
     with torch.inference_mode():
         return Tuning(
             panel_rows=crossover(
-                kernel, lambda m: _seconds(lambda: panels_matmul(x[m], panels, n))
+                kernel, lambda m: median_seconds(lambda: panels_matmul(x[m], panels, n))
             ),
-            plain_rows=crossover(kernel, lambda m: _seconds(lambda: F.linear(x[m], weight))),
+            plain_rows=crossover(kernel, lambda m: median_seconds(lambda: F.linear(x[m], weight))),
         )
 
 
