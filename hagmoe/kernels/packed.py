@@ -20,7 +20,8 @@ from hagmoe.kernels import cpu, quant
 from hagmoe.kernels.tuning import panels_matmul, tuning
 from hagmoe.quantization.format import WeightFormat
 
-F32_KERNEL_PAIRS_PER_EXPERT = 512  # float32 experts: beyond, MKL's GEMMs win
+F32_KERNEL_PAIRS_PER_EXPERT = 512  # float32 experts: routed pairs per expert on average up to
+# which the kernel beats torch's GEMMs (docs/benchmarks.md); not yet measured per machine
 
 
 def _stored(weight: Tensor, fmt: WeightFormat, group: int) -> tuple[Tensor, Tensor | None]:

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.packed import PackedExperts
+from hagmoe.kernels.packed import F32_KERNEL_PAIRS_PER_EXPERT, PackedExperts
 from hagmoe.model.config import ModelConfig
 from hagmoe.quantization.format import WeightFormat
 
-KERNEL_PAIRS_PER_EXPERT = 512  # routed pairs per expert on average; beyond, MKL's GEMMs win
+KERNEL_PAIRS_PER_EXPERT = F32_KERNEL_PAIRS_PER_EXPERT  # kernel_bench.py sets it per run
 
 
 class Experts(nn.Module):
