@@ -5,7 +5,7 @@
                                   [--profile 15]
 
 The weights are packed in place in the `--quantization` format, as `hagmoe serve` holds them;
-`--per-layer` turns off the top-k family's one-call decode step (one call per layer instead),
+`--per-layer` turns off the one-call decode step (one call per layer instead),
 `--per-op` its one-call layers too.
 Each request has a 64-token prompt; after 5 warm-up steps every step decodes one token per
 request. Prints the median and the minimum over the repeats. `--profile K` then profiles

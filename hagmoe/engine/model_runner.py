@@ -65,7 +65,7 @@ class ModelRunner:
             segments=batch.segments,
             kv_caches=self.kv_caches,
             slot_mapping=batch.slot_mapping,
-            return_routing=wants_routing,  # a one-call decode counts from ctx.decode_experts
+            return_routing=wants_routing,  # a one-call decode counts from ctx.decode_routing
         )
         out = RunnerOutput()
         logits = None  # [S, V]
@@ -78,7 +78,7 @@ class ModelRunner:
                 out.prompt_logprobs = self._prompt_logprobs(hidden, batch.prompt_rows)
             if batch.sampled:
                 logits = self.model.compute_logits(hidden[batch.sample_index])
-        if self.config.collect_routing_stats and (ctx.routing or ctx.decode_experts is not None):
+        if self.config.collect_routing_stats and (ctx.routing or ctx.decode_routing is not None):
             out.routing_stats = self._routing_stats(ctx)
         if logits is None:
             return out
@@ -110,27 +110,32 @@ class ModelRunner:
 
     def _routing_stats(self, ctx: ForwardContext) -> RoutingStats:
         """The step's routing counts, in numpy or plain Python (torch's per-op cost dominated
-        them), from the one-call decode's experts where it ran."""
+        them), from the one-call decode's decisions where it ran."""
         cfg = self.model.config
-        routing = ctx.routing
-        if ctx.decode_experts is not None:  # the top-k family's one-call decode
-            assert cfg.router == "linear"
-            experts = ctx.decode_experts.numpy()  # [L, T, K]
+        decided = ctx.decode_routing
+        if decided is not None:  # [L, T, ...] each
+            experts = decided.experts.numpy()
         else:
-            experts = np.stack([r.experts.cpu().numpy() for r in routing])
+            experts = np.stack([r.experts.cpu().numpy() for r in ctx.routing])
         g, (layers, tokens) = cfg.num_groups, experts.shape[:2]
         expert_tokens = _expert_tokens(experts, cfg.num_experts)
         if cfg.router == "linear":  # no groups or entropy; every token uses top_k experts
             return RoutingStats(expert_tokens, [], [cfg.top_k] * (layers * tokens), [])
-        groups = np.stack([r.group.cpu().numpy() for r in routing])  # [L, T]
+        if decided is not None:
+            assert decided.group is not None and decided.k is not None
+            assert decided.entropy is not None
+            groups, k, entropy = decided.group.numpy(), decided.k.numpy(), decided.entropy.numpy()
+        else:
+            groups, k = (
+                np.stack([getattr(r, n).cpu().numpy() for r in ctx.routing]) for n in ("group", "k")
+            )
+            entropy = np.stack([r.entropy.float().cpu().numpy() for r in ctx.routing])
         flat_g = (np.arange(layers)[:, None] * g + groups).reshape(-1)
         return RoutingStats(
             expert_tokens=expert_tokens,
             group_tokens=np.bincount(flat_g, minlength=layers * g).reshape(layers, g).tolist(),
-            k=np.stack([r.k.cpu().numpy() for r in routing]).reshape(-1).tolist(),
-            entropy=np.stack([r.entropy.float().cpu().numpy() for r in routing])
-            .reshape(-1)
-            .tolist(),
+            k=k.reshape(-1).tolist(),
+            entropy=entropy.reshape(-1).tolist(),
         )
 
 

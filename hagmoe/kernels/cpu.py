@@ -63,8 +63,8 @@ _SIGNATURES = {
     "hagmoe_route_decide": [_P] * 8 + [_I64] * 5 + [ctypes.c_float] * 2 + [_I64],
     "hagmoe_linear_q": [_P] * 5 + [_I64] * 4 + [_INT] * 3,
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
-    "hagmoe_topk_decode_layer": [_P] * 7,
-    "hagmoe_topk_decode_model": [_P] * 7,
+    "hagmoe_decode_layer": [_P] * 7,
+    "hagmoe_decode_model": [_P] * 7,
     "hagmoe_greedy_logprob": [_P, _I64, _I64, _P, _P],
 }
 
@@ -152,8 +152,8 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
     lib.hagmoe_moe_swiglu.restype = lib.hagmoe_paged_attention.restype = ctypes.c_int
-    lib.hagmoe_moe_swiglu_q.restype = lib.hagmoe_topk_decode_layer.restype = ctypes.c_int
-    lib.hagmoe_topk_decode_model.restype = ctypes.c_int
+    lib.hagmoe_moe_swiglu_q.restype = lib.hagmoe_decode_layer.restype = ctypes.c_int
+    lib.hagmoe_decode_model.restype = ctypes.c_int
     return lib
 
 

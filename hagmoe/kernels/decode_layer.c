@@ -1,15 +1,19 @@
-/* One decoder layer of the standard top-k family (linear router, no feedback, no shared expert)
- * for a decode step, in one call: B sequences, one new row each, the paged cache written and
- * read in place. The layer's math is the model's (MODEL.md "One layer"):
+/* One decoder layer (no shared expert, no q/k norm or clipping) for a decode step, in one call:
+ * B sequences, one new row each, the paged caches written and read in place. The layer's math
+ * is the model's (MODEL.md "One layer"):
  *   a = norm(x);  q, k, v = a W_qkv^T (+ b);  rope(q, k);  cache[slot] = k, v
  *   x = x + o_proj(attention(q, cache));  u = norm(x)
- *   p = softmax(u W_gate^T);  experts, scores = top_k(p) (ties: the lower index; renormalised
- *   when normalize_topk);  x = x + sum_k scores[k] * E_{experts[k]}(u)
+ *   linear router: p = softmax(u W_gate^T);  experts, scores = top_k(p) (ties: the lower
+ *   index; renormalised when normalize_topk)
+ *   attention router: rv_cache[slot] = u W_rv^T;  group, K, experts, scores from the sums of
+ *   the attention's coarse / fine head means over the cached routing values
+ *   o = sum_k scores[k] * E_{experts[k]}(u), times the feedback where there is one;  x = x + o
  * through the kernels of cpu_kernels.c / quant_kernels.c (each parallel over its own outputs),
- * so the results are those of the per-op path up to the norms' and softmax's rounding.
- * hagmoe_topk_decode_model runs every layer, the final norm and the head in one call.
+ * so the results are those of the per-op path up to the norms', softmax's and tanh's rounding.
+ * hagmoe_decode_model runs every layer, the final norm and the head in one call.
  * Legend: B rows (sequences), d hidden size, H query heads, Hkv key/value heads, hd head dim,
- * W = (H + 2 Hkv) hd, N experts, K = top_k, nb blocks per sequence, bs block size.
+ * W = (H + 2 Hkv) hd, N experts (G + N routing values with the attention router, G groups),
+ * K = top_k (k_max), R feedback size, nb blocks per sequence, bs block size.
  */
 #include "kernels.h"
 
@@ -30,21 +34,34 @@ typedef struct {
 
 typedef struct {
     const float *attn_norm_w, *attn_norm_b, *moe_norm_w, *moe_norm_b; /* b NULL: RMSNorm */
+    /* gate: the linear router's [N, d], or the attention router's routing values [G + N, d] */
     hagmoe_weight qkv, o, gate;
     hagmoe_expert_weights experts;
-    int64_t heads, kv_heads, hd, top_k, window; /* window 0: none */
-    float norm_eps;
+    const float *expert_embed; /* feedback's expert identities [N, R]; NULL: no feedback */
+    hagmoe_weight feedback;    /* feedback's projection [d, R] */
+    int64_t heads, kv_heads, hd, top_k, window; /* top_k: K (the attention router's k_max) */
+    int64_t coarse, groups, per_group, k_min;   /* the attention router; coarse 0: linear */
+    float norm_eps, alpha, mu, gamma;           /* alpha, mu: K's gate; gamma: feedback's */
     int32_t normalize_topk, rope;
-} hagmoe_topk_layer;
+} hagmoe_layer;
 
-/* A top-k model for a decode step: its layers, the final norm and the output head [V, d]. */
+/* A model for a decode step: its layers, the final norm and the output head [V, d]. */
 typedef struct {
-    const hagmoe_topk_layer *layers;
+    const hagmoe_layer *layers;
     int64_t num_layers;
     const float *norm_w, *norm_b; /* b NULL: RMSNorm */
     hagmoe_weight head;
     float norm_eps;
-} hagmoe_topk_model;
+} hagmoe_model;
+
+/* Where a layer's decisions go: experts / scores [B, K] (-1 / 0 past a row's k); the attention
+ * router's group, k and normalised entropy [B] (NULL with the linear router). */
+typedef struct {
+    int64_t *experts;
+    float *scores;
+    int64_t *group, *k;
+    float *entropy;
+} hagmoe_routing;
 
 /* A decode step's rows: cos / sin [B, hd] (NULL without rope), slot_mapping [B], block_table
  * [B, nb], query_pos [B]. */
@@ -124,18 +141,56 @@ static int moe_any(const hagmoe_expert_weights *w, const float *u, const int64_t
                                w->fmt, w->scale_bf16, threads);
 }
 
+/* The attention router's decisions for the rows' u [B, d] (MODEL.md "Routing"): their routing
+ * values rv = u W_rv^T into rv_cache at their slots, then z and the coarse entropy summed with
+ * the attention's head means mix [B, 2, keys] over the cached values, then group, K, experts. */
+static void route_attention(const hagmoe_layer *L, const hagmoe_decode_rows *s, const float *u,
+                            const float *mix, float *rv_cache, float *z, float *entropy,
+                            const hagmoe_routing *out) {
+    int64_t B = s->batch, width = L->gate.n, keys = s->blocks_per_seq * s->block_size;
+    linear_any(&L->gate, u, z, B, s->threads); /* rv [B, G + N] */
+    for (int64_t r = 0; r < B; r++)
+        memcpy(rv_cache + s->slot_mapping[r] * width, z + r * width, width * sizeof *z);
+    hagmoe_route_sums(mix, mix + keys, 2 * keys, 2 * keys, rv_cache, s->block_table,
+                      s->query_pos, NULL, z, entropy, B, 1, L->groups, width, s->blocks_per_seq,
+                      s->block_size);
+    hagmoe_route_decide(z, entropy, s->query_pos, out->group, out->experts, out->scores, out->k,
+                        out->entropy, B, L->groups, L->per_group, L->k_min, L->top_k, L->alpha,
+                        L->mu, 0);
+}
+
+/* o [B, d] *= 1 + gamma tanh(W_fb sum_k scores[k] embed[experts[k]]) (the feedback; mixed [B, R]
+ * and r [B, d] scratch). */
+static void feedback(const hagmoe_layer *L, const hagmoe_routing *out, float *o, float *mixed,
+                     float *r, int64_t B, int threads) {
+    int64_t R = L->feedback.k, K = L->top_k, d = L->feedback.n;
+    for (int64_t b = 0; b < B; b++) {
+        float *m = mixed + b * R;
+        for (int64_t i = 0; i < R; i++) m[i] = 0.f;
+        for (int64_t j = 0; j < K; j++) {
+            int64_t e = out->experts[b * K + j];
+            const float *emb = L->expert_embed + (e < 0 ? 0 : e) * R;
+            for (int64_t i = 0; i < R; i++) m[i] += out->scores[b * K + j] * emb[i];
+        }
+    }
+    linear_any(&L->feedback, mixed, r, B, threads);
+    for (int64_t i = 0; i < B * d; i++) o[i] *= 1.f + L->gamma * tanhf(r[i]);
+}
+
 /* x [B, d] -> the layer's output x_out [B, d]; the cache [num_slots, 2 Hkv hd] gets each row's
- * K, V; chosen / scores [B, K] get the routing. Returns 0, or -1 when memory ran out. */
-int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_rows *s,
-                             const float *x_in, float *x, float *cache, int64_t *chosen,
-                             float *scores) {
+ * K, V, and rv_cache [num_slots, G + N] its routing values (the attention router; else unused);
+ * out gets the routing. Returns 0, or -1 when memory ran out. */
+int hagmoe_decode_layer(const hagmoe_layer *L, const hagmoe_decode_rows *s, const float *x_in,
+                        float *x, float *cache, float *rv_cache, const hagmoe_routing *out) {
     int64_t B = s->batch, d = L->qkv.k, hd = L->hd, H = L->heads, width = L->kv_heads * hd;
-    int64_t W = H * hd + 2 * width, N = L->gate.n, K = L->top_k;
-    float *a = malloc((B * (d + W + H * hd + d + N) + N) * sizeof *a);
+    int64_t W = H * hd + 2 * width, N = L->gate.n, K = L->top_k, R = L->feedback.k;
+    int64_t keys = L->coarse ? s->blocks_per_seq * s->block_size : 0;
+    int64_t extra = L->coarse ? B * (2 * keys + 1) : 0, fb = L->expert_embed ? B * (R + d) : 0;
+    float *a = malloc((B * (d + W + H * hd + d + N) + N + extra + fb) * sizeof *a);
     if (!a) return -1;
     memcpy(x, x_in, B * d * sizeof *x);
     float *y = a + B * d, *q = y + B * W, *o = q + B * H * hd, *logits = o + B * d;
-    float *p = logits + B * N;
+    float *p = logits + B * N, *mix = p + N, *entropy = mix + 2 * B * keys, *mixed = mix + extra;
     norm_rows(x, L->attn_norm_w, L->attn_norm_b, a, B, d, L->norm_eps);
     linear_any(&L->qkv, a, y, B, s->threads); /* [B, W]: q, k, v */
     for (int64_t r = 0; r < B; r++) {
@@ -147,35 +202,47 @@ int hagmoe_topk_decode_layer(const hagmoe_topk_layer *L, const hagmoe_decode_row
         memcpy(q + r * H * hd, yr, H * hd * sizeof *q);
         memcpy(cache + s->slot_mapping[r] * 2 * width, yr + H * hd, 2 * width * sizeof *q);
     }
-    int failed = hagmoe_paged_attention(q, cache, s->block_table, s->query_pos, NULL, y, NULL, B,
-                                        1, H, L->kv_heads, hd, s->blocks_per_seq, s->block_size,
-                                        1.f / sqrtf((float)hd), L->window, 0, s->threads);
+    int failed = hagmoe_paged_attention(q, cache, s->block_table, s->query_pos, NULL, y,
+                                        L->coarse ? mix : NULL, B, 1, H, L->kv_heads, hd,
+                                        s->blocks_per_seq, s->block_size, 1.f / sqrtf((float)hd),
+                                        L->window, L->coarse, s->threads);
     linear_any(&L->o, y, o, B, s->threads); /* [B, d] */
     for (int64_t i = 0; i < B * d; i++) x[i] += o[i];
     norm_rows(x, L->moe_norm_w, L->moe_norm_b, a, B, d, L->norm_eps); /* u */
-    linear_any(&L->gate, a, logits, B, s->threads); /* [B, N] */
-    for (int64_t r = 0; r < B; r++)
-        top_k_row(logits + r * N, N, K, L->normalize_topk, chosen + r * K, scores + r * K, p);
+    if (L->coarse)
+        route_attention(L, s, a, mix, rv_cache, logits, entropy, out);
+    else {
+        linear_any(&L->gate, a, logits, B, s->threads); /* [B, N] */
+        for (int64_t r = 0; r < B; r++)
+            top_k_row(logits + r * N, N, K, L->normalize_topk, out->experts + r * K,
+                      out->scores + r * K, p);
+    }
     memset(o, 0, B * d * sizeof *o);
-    failed |= moe_any(&L->experts, a, chosen, scores, o, B, K, s->threads);
+    failed |= moe_any(&L->experts, a, out->experts, out->scores, o, B, K, s->threads);
+    if (L->expert_embed) feedback(L, out, o, mixed, mixed + B * R, B, s->threads);
     for (int64_t i = 0; i < B * d; i++) x[i] += o[i];
     free(a);
     return failed ? -1 : 0;
 }
 
-/* x [B, d] the embedded rows (overwritten) -> logits [B, V]; caches[l] is layer l's cache;
- * chosen / scores [L, B, K] get every layer's routing. Returns 0, or -1 when memory ran out. */
-int hagmoe_topk_decode_model(const hagmoe_topk_model *M, const hagmoe_decode_rows *s, float *x,
-                             float *const *caches, float *logits, int64_t *chosen,
-                             float *scores) {
+/* x [B, d] the embedded rows (overwritten) -> logits [B, V]; caches[l] and rv_caches[l] (NULL
+ * without the attention router) are layer l's; routing gets every layer's decisions, each field
+ * [L, B, ...]. Returns 0, or -1 when memory ran out. */
+int hagmoe_decode_model(const hagmoe_model *M, const hagmoe_decode_rows *s, float *x,
+                        float *const *caches, float *const *rv_caches, float *logits,
+                        const hagmoe_routing *routing) {
     int64_t B = s->batch, d = M->head.k;
     float *scratch = malloc(B * d * sizeof *scratch), *y = scratch;
     if (!scratch) return -1;
     int failed = 0;
     for (int64_t l = 0; l < M->num_layers && !failed; l++) {
-        const hagmoe_topk_layer *L = M->layers + l;
-        int64_t at = l * B * L->top_k;
-        failed = hagmoe_topk_decode_layer(L, s, x, y, caches[l], chosen + at, scores + at);
+        const hagmoe_layer *L = M->layers + l;
+        int64_t at = l * B * L->top_k, one = l * B;
+        hagmoe_routing out = {routing->experts + at, routing->scores + at,
+                              L->coarse ? routing->group + one : NULL,
+                              L->coarse ? routing->k + one : NULL,
+                              L->coarse ? routing->entropy + one : NULL};
+        failed = hagmoe_decode_layer(L, s, x, y, caches[l], rv_caches ? rv_caches[l] : NULL, &out);
         float *t = x;
         x = y, y = t;
     }

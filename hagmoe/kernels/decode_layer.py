@@ -1,9 +1,10 @@
-"""One call per decoder layer, or per model, for decode steps of the standard top-k family
-(decode_layer.c): the packed weights are described once, in C structs that keep their
-addresses, and each step passes its rows' positions and cache slots once for all layers.
+"""One call per decoder layer, or per model, for decode steps (decode_layer.c; the linear or the
+attention router, with or without feedback): the packed weights are described once, in C structs
+that keep their addresses, and each step passes its rows' positions and cache slots once for
+all layers.
 
 Legend: B decode rows (one per sequence), d hidden size, hd head dim, nb blocks per sequence,
-K experts per token, L layers, V vocab.
+K experts per token, L layers, V vocab, G groups, N experts, R feedback size.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ class _Layer(ctypes.Structure):
     _fields_ = [
         ("attn_norm_w", _P), ("attn_norm_b", _P), ("moe_norm_w", _P), ("moe_norm_b", _P),
         ("qkv", _Weight), ("o", _Weight), ("gate", _Weight), ("experts", _Experts),
+        ("expert_embed", _P), ("feedback", _Weight),
         ("heads", _I64), ("kv_heads", _I64), ("hd", _I64), ("top_k", _I64), ("window", _I64),
-        ("norm_eps", _F32), ("normalize_topk", _I32), ("rope", _I32),
+        ("coarse", _I64), ("groups", _I64), ("per_group", _I64), ("k_min", _I64),
+        ("norm_eps", _F32), ("alpha", _F32), ("mu", _F32), ("gamma", _F32),
+        ("normalize_topk", _I32), ("rope", _I32),
     ]  # fmt: skip
 
 
@@ -51,6 +55,10 @@ class _Model(ctypes.Structure):
         ("layers", _P), ("num_layers", _I64), ("norm_w", _P), ("norm_b", _P), ("head", _Weight),
         ("norm_eps", _F32),
     ]  # fmt: skip
+
+
+class _Routing(ctypes.Structure):
+    _fields_ = [("experts", _P), ("scores", _P), ("group", _P), ("k", _P), ("entropy", _P)]
 
 
 class _Rows(ctypes.Structure):
@@ -111,71 +119,150 @@ class DecodeRows:
         return cls(tensors, struct)
 
 
+@dataclass(frozen=True, slots=True)
+class AttentionRouting:
+    """The attention router's part of a one-call layer: its routing values' weight [G + N, d]
+    (float32: W_g / sqrt(d), then every group's W_e), sizes, coarse heads and mu_H."""
+
+    values: PackedLinear
+    sizes: cpu.RouterSizes
+    coarse_heads: int
+    entropy_mean: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackWeights:
+    """The expert-identity feedback of a one-call layer: embeddings [N, R], projection [d, R]."""
+
+    expert_embed: Tensor
+    proj: PackedLinear
+    gamma: float
+
+
+@dataclass(slots=True)
+class DecodeRouting:
+    """A one-call decode's decisions, per layer [B, ...] or stacked [L, B, ...]: experts and
+    scores [.., K] (-1 / 0 past a row's k); the attention router's group, k and normalised
+    entropy [..] (None with the linear router)."""
+
+    experts: Tensor
+    scores: Tensor
+    group: Tensor | None = None
+    k: Tensor | None = None
+    entropy: Tensor | None = None
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], k: int, attention: bool) -> DecodeRouting:
+        """Outputs for rows of `shape` ([B] or [L, B]) choosing up to k experts."""
+        experts, scores = torch.empty(*shape, k, dtype=torch.int64), torch.empty(*shape, k)
+        if not attention:
+            return cls(experts, scores)
+        per_row = torch.empty(2, *shape, dtype=torch.int64)
+        return cls(experts, scores, per_row[0], per_row[1], torch.empty(shape))
+
+    def layer(self, index: int) -> DecodeRouting:
+        """Layer `index`'s decisions of stacked ones."""
+        rows = (None if t is None else t[index] for t in (self.group, self.k, self.entropy))
+        return DecodeRouting(self.experts[index], self.scores[index], *rows)
+
+    def struct(self) -> _Routing:
+        fields = (self.experts, self.scores, self.group, self.k, self.entropy)
+        return _Routing(*(_addr(t) for t in fields))
+
+
 @dataclass(slots=True, eq=False)
-class TopkDecodeLayer:
-    """A top-k decoder layer's weights for hagmoe_topk_decode_layer; it holds the tensors whose
-    addresses the struct keeps (norm weights and biases, the packed q/k/v, o, gate, experts)."""
+class DecodeLayer:
+    """A decoder layer's weights for hagmoe_decode_layer; it holds the tensors whose addresses
+    the struct keeps (norm weights and biases, the packed q/k/v, o, router, experts, feedback)."""
 
     tensors: tuple[object, ...]
     struct: _Layer
-    top_k: int
+    top_k: int  # K: the linear router's top_k, the attention router's k_max
+    attention: bool  # the attention router (it reads and writes the RV cache)
     float32: bool  # the weights' format
 
     @classmethod
     def build(
         cls,
         norms: tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]],
-        qkv: tuple[PackedLinear, Tensor | None],
-        o_proj: tuple[PackedLinear, Tensor | None],
-        gate: PackedLinear,
+        projections: tuple[tuple[PackedLinear, Tensor | None], tuple[PackedLinear, Tensor | None]],
+        router: PackedLinear | AttentionRouting,
         experts: PackedExperts,
+        feedback: FeedbackWeights | None,
         sizes: tuple[int, int, int, int, int],
         norm_eps: float,
         normalize_topk: bool,
         rope: bool,
-    ) -> TopkDecodeLayer:
-        """sizes: heads, kv_heads, head_dim, top_k, sliding window (0: none); norms (weight,
-        bias or None for RMSNorm) before attention and before the experts."""
+    ) -> DecodeLayer:
+        """norms: (weight, bias or None for RMSNorm) before attention and before the experts;
+        projections: the packed q/k/v and o with their biases; router: the linear gate [N, d]
+        or the attention router's parts; sizes: heads, kv_heads, head_dim, top_k (ignored with
+        the attention router: its k_max), sliding window (0: none)."""
         (attn_w, attn_b), (moe_w, moe_b) = norms
+        qkv, o_proj = projections
         heads, kv_heads, hd, top_k, window = sizes
         d, ffn = o_proj[0].n, experts.panels[1].shape[2]
+        gate, top_k, routed, (alpha, mu) = _router_fields(router, top_k)
+        embed, proj, gamma = (None, _Weight(), 0.0) if feedback is None else (
+            feedback.expert_embed, _weight(feedback.proj, None), feedback.gamma,
+        )  # fmt: skip
         struct = _Layer(
             _addr(attn_w), _addr(attn_b), _addr(moe_w), _addr(moe_b), _weight(*qkv),
-            _weight(*o_proj), _weight(gate, None), _experts(experts, d, ffn), heads, kv_heads,
-            hd, top_k, window, norm_eps, int(normalize_topk), int(rope),
+            _weight(*o_proj), _weight(gate, None), _experts(experts, d, ffn), _addr(embed), proj,
+            heads, kv_heads, hd, top_k, window, *routed, norm_eps, alpha, mu, gamma,
+            int(normalize_topk), int(rope),
         )  # fmt: skip
-        tensors = (attn_w, attn_b, moe_w, moe_b, qkv, o_proj, gate, experts)
-        return cls(tensors, struct, top_k, qkv[0].fmt.is_float32)
+        tensors = (attn_w, attn_b, moe_w, moe_b, qkv, o_proj, router, experts, feedback)
+        return cls(tensors, struct, top_k, routed[0] > 0, qkv[0].fmt.is_float32)
 
     def takes(self, rows: int) -> bool:
         """Whether a decode step of `rows` rows runs here (float32 weights: while the kernels
         beat MKL on this machine, tuning)."""
         return not self.float32 or rows <= tuning().panel_rows
 
-    def __call__(self, x: Tensor, rows: DecodeRows, cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, d] -> the layer's output [B, d] (a new tensor), the chosen experts and their
-        scores [B, K]; each row's K, V written into cache at its slot."""
+    def __call__(
+        self, x: Tensor, rows: DecodeRows, caches: list[Tensor]
+    ) -> tuple[Tensor, DecodeRouting]:
+        """x [B, d] -> the layer's output [B, d] (a new tensor) and its decisions; each row's
+        K, V written into caches[0] at its slot (its routing values into caches[1] with the
+        attention router)."""
         lib = cpu.library()
-        assert lib is not None and cache.is_contiguous() and cache.dtype == torch.float32
+        assert lib is not None and all(_cache_ok(c) for c in caches)
         x = x.contiguous()
-        b = x.shape[0]
-        out, scores = x.new_empty(x.shape), x.new_empty(b, self.top_k)
-        chosen = torch.empty(b, self.top_k, dtype=torch.int64)
-        status = lib.hagmoe_topk_decode_layer(
+        out = x.new_empty(x.shape)
+        routing = DecodeRouting.empty((x.shape[0],), self.top_k, self.attention)
+        rv_cache = caches[1].data_ptr() if self.attention else None
+        status = lib.hagmoe_decode_layer(
             ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), out.data_ptr(),
-            cache.data_ptr(), chosen.data_ptr(), scores.data_ptr(),
+            caches[0].data_ptr(), rv_cache, ctypes.byref(routing.struct()),
         )  # fmt: skip
         if status != 0:
-            raise MemoryError(f"decode layer scratch for {b} rows")
-        return out, chosen, scores
+            raise MemoryError(f"decode layer scratch for {x.shape[0]} rows")
+        return out, routing
+
+
+def _router_fields(
+    router: PackedLinear | AttentionRouting, top_k: int
+) -> tuple[PackedLinear, int, tuple[int, int, int, int], tuple[float, float]]:
+    """The struct's gate weight, K, (coarse heads, groups, experts per group, k_min) and
+    (alpha, mu_H) for either router (zeros for the linear one)."""
+    if isinstance(router, PackedLinear):
+        return router, top_k, (0, 0, 0, 0), (0.0, 0.0)
+    r = router.sizes
+    counts = (router.coarse_heads, r.num_groups, r.experts_per_group, r.k_min)
+    return router.values, r.k_max, counts, (r.entropy_alpha, router.entropy_mean)
+
+
+def _cache_ok(cache: Tensor) -> bool:
+    return cache.is_contiguous() and cache.dtype == torch.float32
 
 
 @dataclass(slots=True, eq=False)
-class TopkDecodeModel:
-    """Every layer of a top-k model, its final norm and its head for hagmoe_topk_decode_model;
-    it holds what the struct's addresses point to (the layers' array and the tensors)."""
+class DecodeModel:
+    """Every layer of a model, its final norm and its head for hagmoe_decode_model; it holds
+    what the struct's addresses point to (the layers' array and the tensors)."""
 
-    layers: tuple[TopkDecodeLayer, ...]
+    layers: tuple[DecodeLayer, ...]
     tensors: tuple[object, ...]
     structs: ctypes.Array[_Layer]
     struct: _Model
@@ -184,12 +271,13 @@ class TopkDecodeModel:
     @classmethod
     def build(
         cls,
-        layers: tuple[TopkDecodeLayer, ...],
+        layers: tuple[DecodeLayer, ...],
         norm: tuple[Tensor, Tensor | None],
         head: PackedLinear,
         norm_eps: float,
-    ) -> TopkDecodeModel:
+    ) -> DecodeModel:
         """norm: the final norm's weight and bias (None for RMSNorm); head: the packed [V, d]."""
+        assert len({(layer.top_k, layer.attention) for layer in layers}) == 1
         structs = (_Layer * len(layers))(*(layer.struct for layer in layers))
         struct = _Model(
             ctypes.addressof(structs), len(layers), _addr(norm[0]), _addr(norm[1]),
@@ -198,28 +286,29 @@ class TopkDecodeModel:
         return cls(layers, (*norm, head), structs, struct, head.n)
 
     def takes(self, rows: int) -> bool:
-        """Whether a decode step of `rows` rows runs here (TopkDecodeLayer.takes)."""
+        """Whether a decode step of `rows` rows runs here (DecodeLayer.takes)."""
         return self.layers[0].takes(rows)
 
     def __call__(
-        self, x: Tensor, rows: DecodeRows, caches: list[Tensor]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, d] embedded rows (contiguous, overwritten) -> logits [B, V], every layer's
-        chosen experts and scores [L, B, K]; each layer's K, V written into its cache
-        (caches[l]) at the rows' slots."""
+        self, x: Tensor, rows: DecodeRows, caches: list[list[Tensor]]
+    ) -> tuple[Tensor, DecodeRouting]:
+        """x [B, d] embedded rows (contiguous, overwritten) -> logits [B, V] and every layer's
+        decisions stacked [L, B, ...]; each layer's K, V written into its caches[l][0] (its
+        routing values into caches[l][1] with the attention router) at the rows' slots."""
         lib = cpu.library()
+        first = self.layers[0]
         assert lib is not None and len(caches) == len(self.layers)
         assert x.is_contiguous() and x.dtype == torch.float32
-        assert all(c.is_contiguous() and c.dtype == torch.float32 for c in caches)
-        b, k = x.shape[0], self.layers[0].top_k
+        assert all(_cache_ok(c) for parts in caches for c in parts)
+        b = x.shape[0]
         logits = x.new_empty(b, self.vocab)
-        scores = x.new_empty(len(self.layers), b, k)
-        chosen = torch.empty(len(self.layers), b, k, dtype=torch.int64)
-        addresses = (_P * len(caches))(*(c.data_ptr() for c in caches))
-        status = lib.hagmoe_topk_decode_model(
-            ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), addresses,
-            logits.data_ptr(), chosen.data_ptr(), scores.data_ptr(),
+        routing = DecodeRouting.empty((len(self.layers), b), first.top_k, first.attention)
+        kv = (_P * len(caches))(*(c[0].data_ptr() for c in caches))
+        rv = (_P * len(caches))(*(c[1].data_ptr() for c in caches)) if first.attention else None
+        status = lib.hagmoe_decode_model(
+            ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), kv, rv,
+            logits.data_ptr(), ctypes.byref(routing.struct()),
         )  # fmt: skip
         if status != 0:
             raise MemoryError(f"decode model scratch for {b} rows")
-        return logits, chosen, scores
+        return logits, routing

@@ -118,6 +118,15 @@ int hagmoe_paged_attention(const float *q, const float *cache, const int64_t *bl
                            int64_t batch, int64_t rows, int64_t heads, int64_t kv_heads,
                            int64_t hd, int64_t blocks_per_seq, int64_t bs, float scale,
                            int64_t window, int64_t coarse, int threads);
+void hagmoe_route_sums(const float *a_c, const float *a_f, int64_t stride_b, int64_t stride_q,
+                       const float *rv, const int64_t *block_table, const int64_t *query_pos,
+                       const uint8_t *valid, float *z, float *entropy, int64_t batch,
+                       int64_t rows, int64_t groups, int64_t width, int64_t blocks_per_seq,
+                       int64_t bs);
+void hagmoe_route_decide(const float *z, const float *entropy, const int64_t *positions,
+                         int64_t *group, int64_t *experts, float *scores, int64_t *k_out,
+                         float *hn_out, int64_t tokens, int64_t groups, int64_t per_group,
+                         int64_t k_min, int64_t k_max, float alpha, float mu, int64_t k_fixed);
 int hagmoe_moe_swiglu(const float *x, const int64_t *chosen, const float *scores, int64_t tokens,
                       int64_t k, const float *gate_up, const float *down, float *out,
                       int64_t experts, int64_t d, int64_t F, int threads);

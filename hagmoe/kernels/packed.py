@@ -67,8 +67,12 @@ class PackedLinear:
         """The weight [n, k] the kernels compute with, in `dtype`."""
         values, scales = self.stored()
         if scales is not None:
-            return quant.dequantize_int8(values, scales, self.group).to(dtype)
-        return values.to(dtype)
+            values = quant.dequantize_int8(values, scales, self.group)
+        weight = values.to(dtype)
+        # one panel packed under inference_mode comes back as a view autograd cannot save
+        if weight.is_inference() and not torch.is_inference_mode_enabled():
+            weight = weight.clone()
+        return weight
 
     def rows(self, ids: Tensor) -> Tensor:
         """Rows `ids` [T] of the weight [T, k] in float32 (a tied embedding's lookup)."""

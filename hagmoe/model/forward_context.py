@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor
 
+from hagmoe.kernels.decode_layer import DecodeRouting
 from hagmoe.model.rope import rope_table
 from hagmoe.model.routing import LayerRouting
 
@@ -95,7 +96,9 @@ class ForwardContext:
     return_routing: bool = False  # fill `routing` with each layer's decisions
     training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
-    decode_experts: Tensor | None = None  # [L, T, K] every layer's experts, one-call decode
+    decode_routing: DecodeRouting | None = (
+        None  # every layer's decisions [L, T, ...], one-call decode
+    )
     _cached: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property

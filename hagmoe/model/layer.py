@@ -7,7 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.decode_layer import DecodeRows, TopkDecodeLayer
+from hagmoe.kernels.decode_layer import (
+    AttentionRouting,
+    DecodeLayer,
+    DecodeRouting,
+    DecodeRows,
+    FeedbackWeights,
+)
+from hagmoe.kernels.packed import PackedLinear
 from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.attention import Attention
 from hagmoe.model.config import ModelConfig
@@ -16,13 +23,14 @@ from hagmoe.model.feedback import Feedback
 from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.norms import make_norm
 from hagmoe.model.router import AttentionRouter, LinearRouter
+from hagmoe.model.routing import LayerRouting
 from hagmoe.model.shared_expert import SharedExpert
 
 
 class DecoderLayer(nn.Module):
     """x [T, d] -> x_out [T, d] as in MODEL.md's "One layer"."""
 
-    decode_kernel: TopkDecodeLayer | None = None  # the one-call decode layer (fuse_for_decode)
+    decode_kernel: DecodeLayer | None = None  # the one-call decode layer (fuse_for_decode)
 
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
@@ -40,19 +48,19 @@ class DecoderLayer(nn.Module):
         self.feedback = Feedback(config) if config.feedback > 0 else None
 
     def fuse_for_decode(self) -> None:
-        """Once packed in place: q/k/v in one call, and for the top-k family (linear router, no
-        feedback, no shared expert, no q/k norm or clipping) the whole layer in one call on
-        decode steps; nothing changes where that does not apply."""
+        """Once packed in place: q/k/v in one call, and (no shared expert, no q/k norm or
+        clipping, packed router and feedback weights) the whole layer in one call on decode
+        steps; nothing changes where that does not apply."""
         self.attn.fuse_projections()
         attn, cfg = self.attn, self.config
-        experts = self.experts.packed
+        experts, router = self.experts.packed, self._decode_router()
+        feedback = None if self.feedback is None else self._decode_feedback()
         if (
             attn.qkv is None
             or attn.o_proj.packed is None
-            or not isinstance(self.router, LinearRouter)
-            or self.router.gate.packed is None
+            or router is None
             or experts is None
-            or self.feedback is not None
+            or (self.feedback is not None and feedback is None)
             or self.shared_expert is not None
             or cfg.qk_norm_type is not None
             or cfg.clip_qkv is not None
@@ -67,17 +75,38 @@ class DecoderLayer(nn.Module):
             cfg.top_k,
             cfg.sliding_window or 0,
         )
-        self.decode_kernel = TopkDecodeLayer.build(
+        self.decode_kernel = DecodeLayer.build(
             norms,  # type: ignore[arg-type]
-            (attn.qkv, attn.qkv_bias),
-            (attn.o_proj.packed, attn.o_proj.bias),
-            self.router.gate.packed,
+            ((attn.qkv, attn.qkv_bias), (attn.o_proj.packed, attn.o_proj.bias)),
+            router,
             experts,
+            feedback,
             sizes,
             cfg.norm_eps,
             cfg.normalize_topk,
             attn.rope_theta is not None,
         )
+
+    def _decode_router(self) -> PackedLinear | AttentionRouting | None:
+        """The router's part of the one-call layer (None: its weights are not packed)."""
+        router = self.router
+        if isinstance(router, LinearRouter):
+            return router.gate.packed
+        return AttentionRouting(
+            router.pack_values(),
+            router.kernel_sizes,
+            self.attn.num_coarse,
+            float(router.entropy_mean),
+        )
+
+    def _decode_feedback(self) -> FeedbackWeights | None:
+        """The feedback's part of the one-call layer (None: its projection is not packed)."""
+        assert self.feedback is not None
+        proj = self.feedback.proj.packed
+        if proj is None:
+            return None
+        embed = self.feedback.expert_embed.detach().contiguous()
+        return FeedbackWeights(embed, proj, float(self.feedback.gamma))
 
     def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
         if self.decode_kernel is not None and ctx.training is None:
@@ -127,12 +156,18 @@ class DecoderLayer(nn.Module):
         """The decode step through the one-call layer (decode_kernel)."""
         assert self.decode_kernel is not None and ctx.kv_caches is not None
         rows = self.decode_rows(ctx, seg)
-        out, experts, scores = self.decode_kernel(x, rows, ctx.kv_caches[self.index][0])
-        self.keep_decided(experts, scores, ctx)
+        out, routing = self.decode_kernel(x, rows, ctx.kv_caches[self.index])
+        self.keep_decided(routing, ctx)
         return out
 
-    def keep_decided(self, experts: Tensor, scores: Tensor, ctx: ForwardContext) -> None:
-        """Append a one-call decode's routing, experts / scores [B, K], where ctx keeps it."""
-        if ctx.keeps_routing:
-            assert isinstance(self.router, LinearRouter)
-            ctx.routing.append(self.router.decided(experts, scores, ctx))
+    def keep_decided(self, routing: DecodeRouting, ctx: ForwardContext) -> None:
+        """Append a one-call decode's decisions for its rows [B, ...] where ctx keeps them."""
+        if not ctx.keeps_routing:
+            return
+        if isinstance(self.router, LinearRouter):
+            ctx.routing.append(self.router.decided(routing.experts, routing.scores, ctx))
+            return
+        assert routing.group is not None and routing.k is not None and routing.entropy is not None
+        ctx.routing.append(
+            LayerRouting(routing.group, routing.experts, routing.scores, routing.k, routing.entropy)
+        )

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.decode_layer import TopkDecodeModel
+from hagmoe.kernels.decode_layer import DecodeModel
 from hagmoe.kernels.packed import PackedLinear
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.experts import Experts
@@ -37,7 +37,7 @@ class HagMoEModel(nn.Module):
     parameter (with tie_embeddings, embed.weight, looked up from the packed head) is None."""
 
     head_packed: PackedLinear | None = None
-    decode_kernel: TopkDecodeModel | None = None  # the one-call decode step (fuse_for_decode)
+    decode_kernel: DecodeModel | None = None  # the one-call decode step (fuse_for_decode)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class HagMoEModel(nn.Module):
         kernels = tuple(cast(DecoderLayer, layer).decode_kernel for layer in self.layers)
         if self.head_packed is None or any(k is None for k in kernels):
             return
-        self.decode_kernel = TopkDecodeModel.build(
+        self.decode_kernel = DecodeModel.build(
             kernels,  # type: ignore[arg-type]
             (self._norm_weight, getattr(self.final_norm, "bias", None)),
             self.head_packed,
@@ -90,8 +90,8 @@ class HagMoEModel(nn.Module):
 
     def decode_logits(self, input_ids: Tensor, ctx: ForwardContext) -> Tensor | None:
         """Logits [T, V] of a decode step (one row per sequence, ctx.decode_segment) whose
-        every row is sampled, in one call through decode_kernel (every layer's experts left in
-        ctx.decode_experts); None where that does not run (then forward and compute_logits do)."""
+        every row is sampled, in one call through decode_kernel (every layer's decisions left in
+        ctx.decode_routing); None where that does not run (then forward and compute_logits do)."""
         kernel, seg = self.decode_kernel, ctx.decode_segment
         if (
             kernel is None
@@ -105,11 +105,11 @@ class HagMoEModel(nn.Module):
         x = self._embed(input_ids, ctx)
         assert ctx.kv_caches is not None
         rows = cast(DecoderLayer, self.layers[0]).decode_rows(ctx, seg)
-        logits, experts, scores = kernel(x.contiguous(), rows, [c[0] for c in ctx.kv_caches])
-        ctx.decode_experts = experts
+        logits, routing = kernel(x.contiguous(), rows, ctx.kv_caches)
+        ctx.decode_routing = routing
         if ctx.keeps_routing:
-            for layer, chosen, weights in zip(self.layers, experts, scores, strict=True):
-                cast(DecoderLayer, layer).keep_decided(chosen, weights, ctx)
+            for i, layer in enumerate(self.layers):
+                cast(DecoderLayer, layer).keep_decided(routing.layer(i), ctx)
         return logits
 
     def compute_logits(self, hidden: Tensor) -> Tensor:

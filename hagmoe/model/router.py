@@ -12,12 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.packed import PackedLinear
 from hagmoe.kernels.triton import dispatch as triton_dispatch
 from hagmoe.model.attention import HeadMix
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.forward_context import ForwardContext, Segment
 from hagmoe.model.linear import Linear, linear
 from hagmoe.model.routing import LayerRouting
+from hagmoe.quantization.format import WeightFormat
 
 
 def top_experts(p: Tensor, k_max: int, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,11 +70,27 @@ class AttentionRouter(nn.Module):
         self.entropy_mean: Tensor
         self.register_buffer("entropy_mean", torch.zeros(()))  # mu_H
 
+    values_packed: PackedLinear | None = None  # W_rv [G+N, d] in float32 panels (pack_values)
+
+    def values_weight(self) -> Tensor:
+        """W_rv [G+N, d] = [W_g / sqrt(d) ; every group's W_e]."""
+        d = self.config.hidden_size
+        return torch.cat((self.coarse.weight / math.sqrt(d), self.fine.weight.reshape(-1, d)))
+
+    def pack_values(self) -> PackedLinear:
+        """Pack W_rv once for serving (float32: the values feed argmax and top-k); the
+        per-op path and the one-call decode layer then compute rv alike. Returns it."""
+        if self.values_packed is None:
+            self.values_packed = PackedLinear.from_weight(
+                self.values_weight().detach(), WeightFormat()
+            )
+        return self.values_packed
+
     def routing_values(self, u: Tensor) -> Tensor:
         """rv [T, G+N] = [W_g u / sqrt(d) ; W_e[g] u for every g]."""
-        d = self.config.hidden_size
-        weight = torch.cat((self.coarse.weight / math.sqrt(d), self.fine.weight.reshape(-1, d)))
-        return linear(u, weight)
+        if self.values_packed is not None:
+            return self.values_packed(u)
+        return linear(u, self.values_weight())
 
     def forward(
         self, u: Tensor, mixes: list[HeadMix], ctx: ForwardContext, layer: int

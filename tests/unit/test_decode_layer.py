@@ -1,8 +1,8 @@
-"""The one-call decode step and layers of the top-k family (hagmoe/kernels/decode_layer.*): decode
-steps of a packed engine against the float64 full forward (float32) and against the per-op path
-of the same packed weights (every format), with rope + GQA + RMSNorm, with learned positions +
-LayerNorm + biases, and with a sliding window; routing records, the forced AVX2 build, and the
-layers they do not take."""
+"""The one-call decode step and layers (hagmoe/kernels/decode_layer.*): decode steps of a packed
+engine against the float64 full forward (float32) and against the per-op path of the same packed
+weights (every format), for the top-k family (rope + GQA + RMSNorm, learned positions + LayerNorm
++ biases, a sliding window, feedback) and HAG-MoE's attention router; routing records and
+statistics, the forced AVX2 build, and the layers they do not take."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hagmoe.engine.config import EngineConfig
 from hagmoe.engine.engine_core import EngineCore
 from hagmoe.engine.sampling_params import SamplingParams
 from hagmoe.kernels import cpu
-from hagmoe.kernels.decode_layer import TopkDecodeLayer, TopkDecodeModel
+from hagmoe.kernels.decode_layer import DecodeLayer, DecodeModel
 from hagmoe.model import named_config, random_model
 from hagmoe.model.config import ModelConfig
 from hagmoe.model.model import HagMoEModel
@@ -37,11 +37,17 @@ CONFIGS = {
     "sliding-window": named_config(
         "tiny", **TOPK, top_k=2, position="rope", norm="rmsnorm", sliding_window=6
     ),
+    "topk-feedback": named_config("tiny", router="linear", top_k=2),
+    # HAG-MoE: the attention router (groups, dynamic K) with feedback
+    "attention-learned-layernorm": named_config("tiny"),
+    "attention-rope-gqa": named_config(
+        "tiny", position="rope", norm="rmsnorm", num_kv_heads=2, attn_bias=False
+    ),
 }
 PROMPTS = [[5, 9, 2], [7] * 11, list(range(20, 29))]
 
 
-FUSIONS = {"model": TopkDecodeModel, "layer": TopkDecodeLayer}  # one call per step / per layer
+FUSIONS = {"model": DecodeModel, "layer": DecodeLayer}  # one call per step / per layer
 
 
 def packed(cfg: ModelConfig, quantization: str, fusion: str = "model") -> HagMoEModel:
@@ -118,15 +124,16 @@ def test_decode_layer_matches_the_per_op_path(name: str, quantization: str, fusi
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 only")
 @pytest.mark.parametrize("quantization", ["none", "bf16", "int8"])
+@pytest.mark.parametrize("name", ["rope-gqa-rmsnorm", "attention-learned-layernorm"])
 def test_decode_layer_on_the_forced_avx2_path(
-    quantization: str, monkeypatch: pytest.MonkeyPatch
+    name: str, quantization: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The AVX2 build (HAGMOE_CPU_ISA=avx2) gives the native build's logits."""
-    native, _ = decode(packed(CONFIGS["rope-gqa-rmsnorm"], quantization))
+    native, _ = decode(packed(CONFIGS[name], quantization))
     monkeypatch.setenv("HAGMOE_CPU_ISA", "avx2")
     cpu.library.cache_clear()
     try:
-        avx2, _ = decode(packed(CONFIGS["rope-gqa-rmsnorm"], quantization))
+        avx2, _ = decode(packed(CONFIGS[name], quantization))
     finally:
         monkeypatch.delenv("HAGMOE_CPU_ISA")
         cpu.library.cache_clear()
@@ -135,13 +142,14 @@ def test_decode_layer_on_the_forced_avx2_path(
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_routing_records_come_from_the_decode_layer() -> None:
+@pytest.mark.parametrize("name", ["learned-layernorm-bias", "attention-learned-layernorm"])
+def test_routing_records_come_from_the_decode_layer(name: str) -> None:
     """return_routing (and the server's statistics) see the one-call step's and layers'
     choices."""
     decisions = {}
     for fusion in ("model", "layer", "per-op"):
         engine = EngineCore(
-            packed(CONFIGS["learned-layernorm-bias"], "int8", fusion),
+            packed(CONFIGS[name], "int8", fusion),
             None,
             EngineConfig(block_size=4, collect_routing_stats=True),
         )
@@ -162,13 +170,14 @@ def test_routing_records_come_from_the_decode_layer() -> None:
                 assert a.scores == pytest.approx(b.scores, rel=1e-5)
 
 
-def test_routing_statistics_come_from_the_decode_step() -> None:
-    """The server's per-step expert counts, with no request asking for routing, are the
+@pytest.mark.parametrize("name", ["learned-layernorm-bias", "attention-learned-layernorm"])
+def test_routing_statistics_come_from_the_decode_step(name: str) -> None:
+    """The server's per-step routing counts, with no request asking for routing, are the
     per-op path's on every step."""
-    counts = {}
+    counts, entropy = {}, {"model": [], "per-op": []}
     for fusion in ("model", "per-op"):
         engine = EngineCore(
-            packed(CONFIGS["learned-layernorm-bias"], "int8", fusion),
+            packed(CONFIGS[name], "int8", fusion),
             None,
             EngineConfig(block_size=4, collect_routing_stats=True),
         )
@@ -180,17 +189,19 @@ def test_routing_statistics_come_from_the_decode_step() -> None:
             engine.step()
             stats = engine.last_stats.routing
             assert stats is not None
-            steps.append((stats.expert_tokens, stats.k))
+            steps.append((stats.expert_tokens, stats.group_tokens, stats.k))
+            entropy[fusion].append(stats.entropy)
         counts[fusion] = steps
     assert counts["model"] == counts["per-op"]
+    for got, ref in zip(entropy["model"], entropy["per-op"], strict=True):
+        assert got == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
 def test_layers_it_does_not_take_keep_the_per_op_path() -> None:
-    """The attention router, feedback and a shared expert are not fused."""
+    """A shared expert and q/k norms are not fused."""
     for cfg in (
-        named_config("tiny"),
-        named_config("tiny", router="linear", top_k=2),  # feedback on
         named_config("tiny", **TOPK, shared_expert_size=32),
+        named_config("tiny", qk_norm_type="head"),
     ):
         model = pack_for_serving(random_model(cfg, seed=1), WeightFormat.named("none"))
         assert all(layer.decode_kernel is None for layer in model.layers)
