@@ -79,17 +79,35 @@ def floor_tokens_per_second(bandwidth: float, config: ModelConfig, fmt: str) -> 
     return bandwidth / decode_bytes_per_token(config, fmt)
 
 
+def decode_tokens_per_second(row: dict[str, Any]) -> float | None:
+    """A one-stream row's decode rate from its medians: (tokens a request - 1) / (latency -
+    first-token latency); None where they were not measured."""
+    ttft, latency = row.get("ttft_median"), row.get("latency_median")
+    per_request = int(row["output_tokens"]) / int(row["num_requests"])
+    if ttft is None or latency is None or per_request < 2 or latency <= ttft:
+        return None
+    return (per_request - 1) / (float(latency) - float(ttft))
+
+
 def add_floor(
     rows: list[dict[str, Any]], config: ModelConfig, bandwidth: float, threads: int
 ) -> dict[str, Any]:
     """Give every row its weight format (hagmoe's and the baselines' float32 unless set) and
-    the rows at one stream their fraction of the bandwidth floor; returns the floor's numbers."""
+    the rows at one stream their fraction of the bandwidth floor: end to end (output tokens
+    over the run's time, prefill included) and, where first-token and request latencies were
+    measured, of the decode alone (llama-bench's tg: a request's later tokens over the time
+    after its first); returns the floor's numbers."""
     formats = sorted({str(r.setdefault("format", "f32")) for r in rows})
     per_token = {fmt: decode_bytes_per_token(config, fmt) for fmt in formats}
     floor_tps = {fmt: bandwidth / per_token[fmt] for fmt in formats}
     for r in rows:
-        if int(r["concurrency"]) == 1:
-            r["floor_fraction"] = float(r["tokens_per_second"]) / floor_tps[r["format"]]
+        if int(r["concurrency"]) != 1:
+            continue
+        floor = floor_tps[r["format"]]
+        r["floor_fraction"] = float(r["tokens_per_second"]) / floor
+        decode = decode_tokens_per_second(r)
+        if decode is not None:
+            r["decode_floor_fraction"] = decode / floor
     return {
         "bandwidth_gbs": bandwidth / 1e9,
         "threads": threads,

@@ -55,22 +55,25 @@ def ratio_lines(rows: Sequence[dict[str, Any]], numerator: str, denominators: Se
 
 
 def floor_table(rows: Sequence[dict[str, Any]], floor: dict[str, Any]) -> str:
-    """| system | format | tok/s at 1 stream | floor tok/s | fraction | for the systems that ran
-    one stream (floor: loadtests/bandwidth.py)."""
+    """| system | format | tok/s at 1 stream | floor tok/s | fraction | decode's fraction | for
+    the systems that ran one stream (floor: loadtests/bandwidth.py)."""
     lines = [
         f"Bandwidth floor at 1 stream (read bandwidth {floor['bandwidth_gbs']:.1f} GB/s with "
-        f"{floor['threads']} threads; floor = bandwidth / weight bytes one decode step reads):",
+        f"{floor['threads']} threads; floor = bandwidth / weight bytes one decode step reads; "
+        "the decode's fraction leaves out each request's prefill):",
         "",
-        "| system | format | bytes / token | tok/s at 1 stream | floor tok/s | fraction of floor |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| system | format | bytes / token | tok/s at 1 stream | floor tok/s | fraction of floor "
+        "| decode's fraction |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if int(r["concurrency"]) != 1 or "floor_fraction" not in r:
             continue
         fmt = r["format"]
+        decode = r.get("decode_floor_fraction")
         lines.append(
             f"| {r['system']} | {fmt} | {floor['bytes_per_token'][fmt] / 1e6:.2f} MB "
             f"| {float(r['tokens_per_second']):,.1f} | {floor['floor_tps'][fmt]:,.1f} "
-            f"| {float(r['floor_fraction']):.2f} |"
+            f"| {float(r['floor_fraction']):.2f} | {'' if decode is None else f'{decode:.2f}'} |"
         )
     return "\n".join(lines)

@@ -13,7 +13,12 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from hagmoe.model import HagMoEModel, Tokenizer, named_config, random_model
-from loadtests.bandwidth import decode_bytes_per_token, weights_per_token
+from loadtests.bandwidth import (
+    add_floor,
+    decode_bytes_per_token,
+    decode_tokens_per_second,
+    weights_per_token,
+)
 from loadtests.gguf_export import (
     TOPK_OVERRIDES,
     GGUFExportError,
@@ -189,3 +194,21 @@ def test_decode_bytes_hand_count() -> None:
     assert decode_bytes_per_token(cfg, "bf16") == 2 * big + 4 * router
     assert decode_bytes_per_token(cfg, "q8_0") == pytest.approx(big * 34 / 32 + 4 * router)
     assert decode_bytes_per_token(cfg, "int8") == pytest.approx(big * (1 + 4 / 32) + 4 * router)
+
+
+def test_floor_fractions_end_to_end_and_of_the_decode() -> None:
+    """One stream: tokens over the run's time, and a request's later tokens over the time after
+    its first (only where both latencies were measured)."""
+    cfg = named_config("tiny", **TOPK_OVERRIDES, top_k=2)
+    floor = decode_bytes_per_token(cfg, "f32")  # at 1 byte/s: the floor is 1 / floor tok/s
+    served = {"concurrency": 1, "num_requests": 2, "output_tokens": 20, "seconds": 4.0}
+    served |= {"tokens_per_second": 5.0, "ttft_median": 0.2, "latency_median": 1.2}
+    offline = {**served, "ttft_median": None, "latency_median": None}
+    batched = {**served, "concurrency": 8}
+    rows = [served, offline, batched]
+    assert add_floor(rows, cfg, 1.0, 2)["floor_tps"]["f32"] == 1 / floor
+    assert decode_tokens_per_second(served) == pytest.approx(9.0)
+    assert served["floor_fraction"] == pytest.approx(5.0 * floor)
+    assert served["decode_floor_fraction"] == pytest.approx(9.0 * floor)
+    assert "decode_floor_fraction" not in offline and "floor_fraction" in offline
+    assert "floor_fraction" not in batched
