@@ -45,8 +45,11 @@ typedef struct {
     int32_t normalize_topk, rope;
 } hagmoe_layer;
 
-/* A model for a decode step: its layers, the final norm and the output head [V, d]. */
+/* A model for a decode step: its token embedding (rows [V, d], or NULL: the tied head's
+ * panels), learned position embedding [max_position, d] (NULL: none), layers, the final norm
+ * and the output head [V, d]. */
 typedef struct {
+    const float *embed, *pos_embed;
     const hagmoe_layer *layers;
     int64_t num_layers;
     const float *norm_w, *norm_b; /* b NULL: RMSNorm */
@@ -225,15 +228,58 @@ int hagmoe_decode_layer(const hagmoe_layer *L, const hagmoe_decode_rows *s, cons
     return failed ? -1 : 0;
 }
 
-/* x [B, d] the embedded rows (overwritten) -> logits [B, V]; caches[l] and rv_caches[l] (NULL
- * without the attention router) are layer l's; routing gets every layer's decisions, each field
- * [L, B, ...]. Returns 0, or -1 when memory ran out. */
-int hagmoe_decode_model(const hagmoe_model *M, const hagmoe_decode_rows *s, float *x,
+/* out [d] = row `id` of a packed weight [n, d] (panel id / 32, lane id % 32), in float32. */
+static void panel_row(const hagmoe_weight *w, int64_t id, float *out) {
+    int64_t panel = id / PANEL, lane = id % PANEL, d = w->k, at = panel * d * PANEL + lane;
+    int64_t groups = w->fmt == 2 ? (d + w->group - 1) / w->group : 0;
+    for (int64_t j = 0; j < d; j++) {
+        int64_t i = at + j * PANEL;
+        if (w->fmt == 0) {
+            out[j] = ((const float *)w->panels)[i];
+            continue;
+        }
+        if (w->fmt == 1) {
+            uint32_t bits = (uint32_t)((const uint16_t *)w->panels)[i] << 16;
+            memcpy(out + j, &bits, sizeof bits);
+            continue;
+        }
+        int64_t g = (panel * groups + j / w->group) * PANEL + lane;
+        float scale;
+        if (w->scale_bf16) {
+            uint32_t bits = (uint32_t)((const uint16_t *)w->scales)[g] << 16;
+            memcpy(&scale, &bits, sizeof bits);
+        } else {
+            scale = ((const float *)w->scales)[g];
+        }
+        out[j] = (float)((const int8_t *)w->panels)[i] * scale;
+    }
+}
+
+/* x [B, d] = the rows' token embeddings (+ their positions' embeddings). */
+static void embed_rows(const hagmoe_model *M, const hagmoe_decode_rows *s, const int64_t *ids,
+                       float *x) {
+    int64_t d = M->head.k;
+    for (int64_t r = 0; r < s->batch; r++) {
+        float *xr = x + r * d;
+        if (M->embed)
+            memcpy(xr, M->embed + ids[r] * d, d * sizeof *xr);
+        else
+            panel_row(&M->head, ids[r], xr);
+        if (M->pos_embed)
+            for (int64_t j = 0; j < d; j++) xr[j] += M->pos_embed[s->query_pos[r] * d + j];
+    }
+}
+
+/* Token ids [B] -> logits [B, V]; caches[l] and rv_caches[l] (NULL without the attention
+ * router) are layer l's; routing gets every layer's decisions, each field [L, B, ...].
+ * Returns 0, or -1 when memory ran out. */
+int hagmoe_decode_model(const hagmoe_model *M, const hagmoe_decode_rows *s, const int64_t *ids,
                         float *const *caches, float *const *rv_caches, float *logits,
                         const hagmoe_routing *routing) {
     int64_t B = s->batch, d = M->head.k;
-    float *scratch = malloc(B * d * sizeof *scratch), *y = scratch;
+    float *scratch = malloc(2 * B * d * sizeof *scratch), *x = scratch, *y = scratch + B * d;
     if (!scratch) return -1;
+    embed_rows(M, s, ids, x);
     int failed = 0;
     for (int64_t l = 0; l < M->num_layers && !failed; l++) {
         const hagmoe_layer *L = M->layers + l;

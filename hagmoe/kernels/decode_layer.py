@@ -52,8 +52,8 @@ class _Layer(ctypes.Structure):
 
 class _Model(ctypes.Structure):
     _fields_ = [
-        ("layers", _P), ("num_layers", _I64), ("norm_w", _P), ("norm_b", _P), ("head", _Weight),
-        ("norm_eps", _F32),
+        ("embed", _P), ("pos_embed", _P), ("layers", _P), ("num_layers", _I64), ("norm_w", _P),
+        ("norm_b", _P), ("head", _Weight), ("norm_eps", _F32),
     ]  # fmt: skip
 
 
@@ -259,8 +259,8 @@ def _cache_ok(cache: Tensor) -> bool:
 
 @dataclass(slots=True, eq=False)
 class DecodeModel:
-    """Every layer of a model, its final norm and its head for hagmoe_decode_model; it holds
-    what the struct's addresses point to (the layers' array and the tensors)."""
+    """Every layer of a model, its embeddings, final norm and head for hagmoe_decode_model; it
+    holds what the struct's addresses point to (the layers' array and the tensors)."""
 
     layers: tuple[DecodeLayer, ...]
     tensors: tuple[object, ...]
@@ -271,42 +271,48 @@ class DecodeModel:
     @classmethod
     def build(
         cls,
+        embeddings: tuple[Tensor | None, Tensor | None],
         layers: tuple[DecodeLayer, ...],
         norm: tuple[Tensor, Tensor | None],
         head: PackedLinear,
         norm_eps: float,
     ) -> DecodeModel:
-        """norm: the final norm's weight and bias (None for RMSNorm); head: the packed [V, d]."""
+        """embeddings: the token embedding [V, d] (None: tied, read from the packed head) and the
+        learned position embedding [max_position, d] (None: none), float32; norm: the final
+        norm's weight and bias (None for RMSNorm); head: the packed [V, d]."""
         assert len({(layer.top_k, layer.attention) for layer in layers}) == 1
+        embed, pos_embed = (None if t is None else t.detach().contiguous() for t in embeddings)
         structs = (_Layer * len(layers))(*(layer.struct for layer in layers))
         struct = _Model(
-            ctypes.addressof(structs), len(layers), _addr(norm[0]), _addr(norm[1]),
-            _weight(head, None), norm_eps,
+            _addr(embed), _addr(pos_embed), ctypes.addressof(structs), len(layers),
+            _addr(norm[0]), _addr(norm[1]), _weight(head, None), norm_eps,
         )  # fmt: skip
-        return cls(layers, (*norm, head), structs, struct, head.n)
+        return cls(layers, (embed, pos_embed, *norm, head), structs, struct, head.n)
 
     def takes(self, rows: int) -> bool:
         """Whether a decode step of `rows` rows runs here (DecodeLayer.takes)."""
         return self.layers[0].takes(rows)
 
     def __call__(
-        self, x: Tensor, rows: DecodeRows, caches: list[list[Tensor]]
+        self, input_ids: Tensor, rows: DecodeRows, caches: list[list[Tensor]]
     ) -> tuple[Tensor, DecodeRouting]:
-        """x [B, d] embedded rows (contiguous, overwritten) -> logits [B, V] and every layer's
-        decisions stacked [L, B, ...]; each layer's K, V written into its caches[l][0] (its
-        routing values into caches[l][1] with the attention router) at the rows' slots."""
+        """Token ids [B] (int64; each < V at a position < max_position, as the engine checks)
+        -> logits [B, V] and every layer's decisions stacked [L, B, ...]; each layer's K, V
+        written into its caches[l][0] (its routing values into caches[l][1] with the attention
+        router) at the rows' slots."""
         lib = cpu.library()
         first = self.layers[0]
         assert lib is not None and len(caches) == len(self.layers)
-        assert x.is_contiguous() and x.dtype == torch.float32
         assert all(_cache_ok(c) for parts in caches for c in parts)
-        b = x.shape[0]
-        logits = x.new_empty(b, self.vocab)
+        ids = input_ids.contiguous()
+        assert ids.dtype == torch.int64 and ids.shape == (rows.struct.batch,)
+        b = ids.shape[0]
+        logits = torch.empty(b, self.vocab)
         routing = DecodeRouting.empty((len(self.layers), b), first.top_k, first.attention)
         kv = (_P * len(caches))(*(c[0].data_ptr() for c in caches))
         rv = (_P * len(caches))(*(c[1].data_ptr() for c in caches)) if first.attention else None
         status = lib.hagmoe_decode_model(
-            ctypes.byref(self.struct), ctypes.byref(rows.struct), x.data_ptr(), kv, rv,
+            ctypes.byref(self.struct), ctypes.byref(rows.struct), ids.data_ptr(), kv, rv,
             logits.data_ptr(), ctypes.byref(routing.struct()),
         )  # fmt: skip
         if status != 0:

@@ -81,7 +81,9 @@ class HagMoEModel(nn.Module):
         kernels = tuple(cast(DecoderLayer, layer).decode_kernel for layer in self.layers)
         if self.head_packed is None or any(k is None for k in kernels):
             return
+        pos_embed = None if self.pos_embed is None else self.pos_embed.weight
         self.decode_kernel = DecodeModel.build(
+            (self.embed.weight, pos_embed),
             kernels,  # type: ignore[arg-type]
             (self._norm_weight, getattr(self.final_norm, "bias", None)),
             self.head_packed,
@@ -102,10 +104,9 @@ class HagMoEModel(nn.Module):
             return None
         if not ctx.cached("cpu_kernels", lambda: cpu.enabled_for(self._norm_weight)):
             return None
-        x = self._embed(input_ids, ctx)
         assert ctx.kv_caches is not None
         rows = cast(DecoderLayer, self.layers[0]).decode_rows(ctx, seg)
-        logits, routing = kernel(x.contiguous(), rows, ctx.kv_caches)
+        logits, routing = kernel(input_ids, rows, ctx.kv_caches)
         ctx.decode_routing = routing
         if ctx.keeps_routing:
             for i, layer in enumerate(self.layers):

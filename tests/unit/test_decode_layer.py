@@ -50,9 +50,14 @@ PROMPTS = [[5, 9, 2], [7] * 11, list(range(20, 29))]
 FUSIONS = {"model": DecodeModel, "layer": DecodeLayer}  # one call per step / per layer
 
 
-def packed(cfg: ModelConfig, quantization: str, fusion: str = "model") -> HagMoEModel:
+def packed(
+    cfg: ModelConfig, quantization: str | WeightFormat, fusion: str = "model"
+) -> HagMoEModel:
     """Packed for serving; fusion "model" (the default), "layer" or "per-op"."""
-    model = pack_for_serving(random_model(cfg, seed=4), WeightFormat.named(quantization))
+    fmt = (
+        quantization if isinstance(quantization, WeightFormat) else WeightFormat.named(quantization)
+    )
+    model = pack_for_serving(random_model(cfg, seed=4), fmt)
     assert model.decode_kernel is not None
     assert all(layer.decode_kernel is not None for layer in model.layers)
     if fusion != "model":
@@ -117,6 +122,21 @@ def test_decode_layer_matches_the_per_op_path(name: str, quantization: str, fusi
     agree closely."""
     fused, _ = decode(packed(CONFIGS[name], quantization, fusion))
     per_op, _ = decode(packed(CONFIGS[name], quantization, "per-op"))
+    for rid, steps in per_op.items():
+        for got, ref in zip(fused[rid], steps, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fmt", [WeightFormat("int8", 32, "bfloat16"), WeightFormat("int8", 64, "float32")], ids=str
+)
+def test_the_tied_embedding_is_read_from_the_packed_head(fmt: WeightFormat) -> None:
+    """The one-call step embeds its rows from the tied head's int8 panels (scales in either
+    dtype, groups of either size) as the per-op path does (bf16 and f32: the tests above)."""
+    cfg = CONFIGS["attention-learned-layernorm"]
+    assert cfg.tie_embeddings and cfg.position == "learned"
+    fused, _ = decode(packed(cfg, fmt))
+    per_op, _ = decode(packed(cfg, fmt, "per-op"))
     for rid, steps in per_op.items():
         for got, ref in zip(fused[rid], steps, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
