@@ -11,13 +11,13 @@ and GFLOP/s of each path.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 
-import hagmoe.model.experts as experts_module
-from hagmoe.kernels import cpu
+from hagmoe.kernels import cpu, tuning
 from hagmoe.kernels.tuning import median_seconds
 from hagmoe.model import random_model
 from hagmoe.model.layer import DecoderLayer
@@ -36,10 +36,12 @@ def moe_rows(model: HagMoEModel, tokens: int, repeats: int) -> str:
     pairs = int((chosen >= 0).sum())
     flops = 2 * pairs * 3 * cfg.hidden_size * cfg.ffn_size
     times = []
+    measured, cached = tuning.tuning(), tuning._tuning
     for threshold in (10**9, -1):  # the kernel for every size, then torch for every size
-        experts_module.KERNEL_PAIRS_PER_EXPERT = threshold
+        tuning._tuning = lambda threads, t=threshold: replace(measured, moe_pairs=t)  # type: ignore[assignment]
         seconds = median_seconds(lambda: [e(x, chosen, scores) for e in layers], repeats, 3)
         times.append(seconds / len(layers))
+    tuning._tuning = cached
     kernel, torch_path = times
     return (
         f"| {tokens} | {pairs} | {kernel * 1e3:.2f} ms ({flops / kernel / 1e9:.0f}) "

@@ -20,9 +20,6 @@ from hagmoe.kernels import cpu, quant
 from hagmoe.kernels.tuning import panels_matmul, tuning
 from hagmoe.quantization.format import WeightFormat
 
-F32_KERNEL_PAIRS_PER_EXPERT = 512  # float32 experts: routed pairs per expert on average up to
-# which the kernel beats torch's GEMMs (docs/benchmarks.md); not yet measured per machine
-
 
 def _stored(weight: Tensor, fmt: WeightFormat, group: int) -> tuple[Tensor, Tensor | None]:
     """weight [..., n, k] in the format: (values, int8 scales [..., n, ng] or None)."""
@@ -199,12 +196,13 @@ class PackedExperts:
         return sum(t.nbytes for t in tensors)
 
     def runs(self, x: Tensor, experts: Tensor) -> bool:
-        """Whether the kernel serves this call (float32: while experts see few pairs each)."""
+        """Whether the kernel serves this call (float32: while experts see few pairs each, up to
+        this machine's crossover, tuning)."""
         if not cpu.enabled_for(x):
             return False
         if not self.fmt.is_float32:
             return True
-        return int((experts >= 0).sum()) <= F32_KERNEL_PAIRS_PER_EXPERT * self.num_experts
+        return int((experts >= 0).sum()) <= tuning().moe_pairs * self.num_experts
 
     def __call__(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts / scores [T, K];

@@ -1,13 +1,14 @@
-"""Per-machine crossovers between the float32 linear kernel and torch's own path (MKL), measured
-once for each kernel library and thread count and cached beside the library
+"""Per-machine crossovers between the float32 kernels and torch's own path (MKL), measured once
+for each kernel library and thread count and cached beside the library
 (`cpu_kernels-<digest>.tuning-<threads>t.json`), so that the choice follows the CPU at hand.
 
-The kernel wins at the few rows of decode steps and loses to MKL's GEMMs at prefill sizes; where
+The kernels win at the few rows of decode steps and lose to MKL's GEMMs at prefill sizes; where
 the two cross depends on the CPU (AVX-512 or not, core count, cache sizes). `crossover` times
-both on a [1024, 1024] weight at row counts ROW_STEPS and keeps the largest count up to which the
-kernel never lost; it is never below MIN_ROWS (decode batches keep their one-call path).
+both at increasing sizes and keeps the largest up to which the kernel never lost, never below
+the first: the linear on a [1024, 1024] weight at row counts ROW_STEPS (decode batches keep
+their one-call path), the experts of a MOE_SHAPE layer at routed pairs per expert PAIR_STEPS.
 
-Legend: m rows.
+Legend: m rows, E experts, d hidden size, F expert FFN size.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from hagmoe.kernels import cpu
 logger = logging.getLogger(__name__)
 
 ROW_STEPS = (16, 32, 64, 128, 256, 512)
-MIN_ROWS = ROW_STEPS[0]
-DEFAULT_ROWS = 128  # where the library cannot be had (then nothing asks)
+PAIR_STEPS = (32, 64, 128, 256, 512, 1024)
+DEFAULT = (128, 128, 512)  # where the library cannot be had (then nothing asks)
 SHAPE = (1024, 1024)  # [n, k] of the timed weight
+MOE_SHAPE = (4, 256, 512)  # E, d, F of the timed experts; two experts a token
 
 
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """Rows up to which the float32 linear kernel runs: against MKL over its own panels (a
-    weight packed in place) and against F.linear on the plain weight (a parameter)."""
+    weight packed in place) and against F.linear on the plain weight (a parameter); routed
+    pairs per expert on average up to which the float32 MoE kernel runs."""
 
     panel_rows: int
     plain_rows: int
+    moe_pairs: int
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, calls: int = 3) -> float:
@@ -60,11 +64,13 @@ def panels_matmul(x: torch.Tensor, panels: torch.Tensor, n: int) -> torch.Tensor
     return torch.matmul(x, panels).permute(1, 0, 2).reshape(x.shape[0], -1)[:, :n]
 
 
-def crossover(kernel: Callable[[int], float], torch_path: Callable[[int], float]) -> int:
-    """The largest of ROW_STEPS up to which kernel(m) <= torch_path(m) (seconds), MIN_ROWS at
+def crossover(
+    kernel: Callable[[int], float], torch_path: Callable[[int], float], steps: tuple[int, ...]
+) -> int:
+    """The largest of steps up to which kernel(m) <= torch_path(m) (seconds), steps[0] at
     least."""
-    best = MIN_ROWS
-    for m in ROW_STEPS:
+    best = steps[0]
+    for m in steps:
         if kernel(m) > torch_path(m):
             break
         best = m
@@ -72,7 +78,7 @@ def crossover(kernel: Callable[[int], float], torch_path: Callable[[int], float]
 
 
 def measure() -> Tuning:
-    """Time the kernel against both torch paths on this machine, at torch's thread count."""
+    """Time the kernels against torch's paths on this machine, at torch's thread count."""
     n, k = SHAPE
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(n, k, generator=g)
@@ -85,10 +91,39 @@ def measure() -> Tuning:
     with torch.inference_mode():
         return Tuning(
             panel_rows=crossover(
-                kernel, lambda m: median_seconds(lambda: panels_matmul(x[m], panels, n))
+                kernel,
+                lambda m: median_seconds(lambda: panels_matmul(x[m], panels, n)),
+                ROW_STEPS,
             ),
-            plain_rows=crossover(kernel, lambda m: median_seconds(lambda: F.linear(x[m], weight))),
+            plain_rows=crossover(
+                kernel, lambda m: median_seconds(lambda: F.linear(x[m], weight)), ROW_STEPS
+            ),
+            moe_pairs=_moe_crossover(g),
         )
+
+
+def _moe_crossover(g: torch.Generator) -> int:
+    """PAIR_STEPS crossover of the MoE kernel against the experts' torch path (the model's
+    grouped matmuls, Experts._dispatch) on MOE_SHAPE experts, each token routed to two."""
+    from hagmoe.model.experts import Experts  # the torch path this choice is against
+
+    e, d, f = MOE_SHAPE
+    w1, w2 = torch.randn(2, e, f, d, generator=g) * d**-0.5
+    w3 = torch.randn(e, d, f, generator=g) * f**-0.5
+    gate_up, down = cpu.pack_experts(w1, w2, w3)
+
+    def routed(pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens = pairs * e // 2
+        first = torch.arange(tokens) % e
+        chosen = torch.stack((first, (first + 1) % e), dim=1)  # [T, 2]: `pairs` an expert
+        return torch.randn(tokens, d, generator=g), chosen, torch.full((tokens, 2), 0.5)
+
+    calls = {p: routed(p) for p in PAIR_STEPS}
+    return crossover(  # one call a repeat: the largest steps take milliseconds
+        lambda p: median_seconds(lambda: cpu.moe_swiglu(*calls[p], gate_up, down), calls=1),
+        lambda p: median_seconds(lambda: Experts._dispatch(*calls[p], w1, w2, w3), calls=1),
+        PAIR_STEPS,
+    )
 
 
 def _path(library: Path, threads: int) -> Path:
@@ -99,7 +134,7 @@ def _path(library: Path, threads: int) -> Path:
 def _tuning(threads: int) -> Tuning:
     lib = cpu.library()
     if lib is None:
-        return Tuning(DEFAULT_ROWS, DEFAULT_ROWS)
+        return Tuning(*DEFAULT)
     path = _path(Path(lib._name), threads)
     try:
         return Tuning(**json.loads(path.read_text()))

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
-from hagmoe.kernels.packed import F32_KERNEL_PAIRS_PER_EXPERT, PackedExperts
+from hagmoe.kernels.packed import PackedExperts
+from hagmoe.kernels.tuning import tuning
 from hagmoe.model.config import ModelConfig
 from hagmoe.quantization.format import WeightFormat
-
-KERNEL_PAIRS_PER_EXPERT = F32_KERNEL_PAIRS_PER_EXPERT  # kernel_bench.py sets it per run
 
 
 class Experts(nn.Module):
@@ -84,12 +83,13 @@ class Experts(nn.Module):
         return PackedExperts.fits(f, d)
 
     def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
-        """The CPU kernel wins while experts see few pairs each (decode and mixed steps)."""
+        """The CPU kernel wins while experts see few pairs each (decode and mixed steps), up to
+        this machine's crossover (tuning)."""
         n = self.w1.shape[0]
         return (
             self._kernel_shapes()
             and cpu.enabled_for(x)
-            and int((experts >= 0).sum()) <= KERNEL_PAIRS_PER_EXPERT * n
+            and int((experts >= 0).sum()) <= tuning().moe_pairs * n
         )
 
     @staticmethod

@@ -1,5 +1,5 @@
-"""The per-machine crossover between the float32 linear kernel and MKL: its rule, its cache
-beside the kernel library, and the choice the packed linear makes from it."""
+"""The per-machine crossovers between the float32 kernels and torch's paths: their rule, their
+cache beside the kernel library, and the choices the packed linear and experts make from them."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hagmoe.kernels import cpu, tuning
-from hagmoe.kernels.packed import PackedLinear
+from hagmoe.kernels.packed import PackedExperts, PackedLinear
 from hagmoe.quantization.format import WeightFormat
 
 pytestmark = pytest.mark.skipif(
@@ -27,12 +28,12 @@ pytestmark = pytest.mark.skipif(
 def test_crossover_is_the_last_row_count_before_the_kernel_first_loses(wins: list[bool]) -> None:
     steps = tuning.ROW_STEPS
     won = dict(zip(steps, wins, strict=True))
-    rows = tuning.crossover(lambda m: 1.0 if won[m] else 2.0, lambda m: 1.5)
+    rows = tuning.crossover(lambda m: 1.0 if won[m] else 2.0, lambda m: 1.5, steps)
     lost = [i for i, m in enumerate(steps) if not won[m]]
     if not lost:
         assert rows == steps[-1]
     else:
-        assert rows == (steps[lost[0] - 1] if lost[0] > 0 else tuning.MIN_ROWS)
+        assert rows == (steps[lost[0] - 1] if lost[0] > 0 else steps[0])
 
 
 @pytest.fixture
@@ -58,8 +59,10 @@ def test_measured_once_and_cached_beside_the_library(
     assert json.loads(files[0].read_text()) == {
         "panel_rows": found.panel_rows,
         "plain_rows": found.plain_rows,
+        "moe_pairs": found.moe_pairs,
     }
     assert {found.panel_rows, found.plain_rows} <= set(tuning.ROW_STEPS)
+    assert found.moe_pairs in tuning.PAIR_STEPS
 
     def no_measuring() -> tuning.Tuning:
         raise AssertionError("measured again")
@@ -73,7 +76,7 @@ def test_measured_once_and_cached_beside_the_library(
 def test_the_packed_linear_takes_the_kernel_up_to_the_crossover(
     rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tuning, "_tuning", lambda threads: tuning.Tuning(16, 16))
+    monkeypatch.setattr(tuning, "_tuning", lambda threads: tuning.Tuning(16, 16, 32))
     calls = {"kernel": 0}
     kernel = cpu.linear
 
@@ -91,3 +94,37 @@ def test_the_packed_linear_takes_the_kernel_up_to_the_crossover(
     assert calls["kernel"] == (1 if rows <= 16 else 0)
     expected = x.double() @ weight.double().T + bias.double()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_older_cache_without_the_moe_crossover_is_measured_again(own_cache: Path) -> None:
+    """A cache file written before the MoE crossover existed is replaced, not misread."""
+    path = tuning._path(Path(cpu.library()._name), torch.get_num_threads())  # type: ignore[union-attr]
+    path.write_text(json.dumps({"panel_rows": 16, "plain_rows": 16}))
+    tuning._tuning.cache_clear()
+    assert tuning.tuning().moe_pairs in tuning.PAIR_STEPS
+    assert "moe_pairs" in json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("pairs", [32, 33])
+def test_the_float32_experts_take_the_kernel_up_to_the_crossover(
+    pairs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed float32 experts run the kernel while their pairs per expert stay within the
+    measured crossover (torch's path beyond), and the kernel gives the experts' output."""
+    monkeypatch.setattr(tuning, "_tuning", lambda threads: tuning.Tuning(16, 16, 32))
+    g = torch.Generator().manual_seed(pairs)
+    e, d, f = 2, 32, 16
+    w1, w2 = torch.randn(2, e, f, d, generator=g) * d**-0.5
+    w3 = torch.randn(e, d, f, generator=g) * f**-0.5
+    x = torch.randn(e * pairs, d, generator=g)
+    chosen = (torch.arange(e * pairs) % e)[:, None]  # one expert a token, `pairs` an expert
+    scores = torch.rand(e * pairs, 1, generator=g)
+    packed = PackedExperts.from_weights(w1, w2, w3, WeightFormat.named("none"))
+    with torch.inference_mode():
+        assert packed.runs(x, chosen) == (pairs <= 32)
+        out = packed(x, chosen, scores).double()
+    a1, a2, a3 = (w[chosen[:, 0]].double() for w in (w1, w2, w3))
+    x64 = x.double()
+    h = F.silu(torch.einsum("td,tfd->tf", x64, a1)) * torch.einsum("td,tfd->tf", x64, a2)
+    ref = torch.einsum("tf,tdf->td", h, a3) * scores.double()
+    assert (out - ref).abs().max() / ref.abs().max() < 1e-5
