@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from hagmoe.kernels import cpu
+from hagmoe.kernels.torch_experts import grouped_swiglu
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,8 @@ def measure() -> Tuning:
 
 
 def _moe_crossover(g: torch.Generator) -> int:
-    """PAIR_STEPS crossover of the MoE kernel against the experts' torch path (the model's
-    grouped matmuls, Experts._dispatch) on MOE_SHAPE experts, each token routed to two."""
-    from hagmoe.model.experts import Experts  # the torch path this choice is against
-
+    """PAIR_STEPS crossover of the MoE kernel against the experts' torch path (grouped_swiglu)
+    on MOE_SHAPE experts, each token routed to two."""
     e, d, f = MOE_SHAPE
     w1, w2 = torch.randn(2, e, f, d, generator=g) * d**-0.5
     w3 = torch.randn(e, d, f, generator=g) * f**-0.5
@@ -121,7 +120,7 @@ def _moe_crossover(g: torch.Generator) -> int:
     calls = {p: routed(p) for p in PAIR_STEPS}
     return crossover(  # one call a repeat: the largest steps take milliseconds
         lambda p: median_seconds(lambda: cpu.moe_swiglu(*calls[p], gate_up, down), calls=1),
-        lambda p: median_seconds(lambda: Experts._dispatch(*calls[p], w1, w2, w3), calls=1),
+        lambda p: median_seconds(lambda: grouped_swiglu(*calls[p], w1, w2, w3), calls=1),
         PAIR_STEPS,
     )
 

@@ -1,18 +1,18 @@
-"""The experts of one layer, with batched dispatch: tokens grouped by expert, one matmul chain
-per active expert, dynamic K by masking (no loop over tokens).
+"""The experts of one layer: the CPU MoE kernel up to this machine's crossover, else torch's
+grouped path (kernels/torch_experts.py: tokens grouped by expert, one matmul chain per active
+expert, dynamic K by masking).
 
-Legend: T tokens, K max experts per token, P routed (token, expert) pairs, N experts,
-F expert FFN size, d hidden size.
+Legend: T tokens, K max experts per token, N experts, F expert FFN size, d hidden size.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hagmoe.kernels import cpu
 from hagmoe.kernels.packed import PackedExperts
+from hagmoe.kernels.torch_experts import grouped_swiglu
 from hagmoe.kernels.tuning import tuning
 from hagmoe.model.config import ModelConfig
 from hagmoe.quantization.format import WeightFormat
@@ -42,24 +42,7 @@ class Experts(nn.Module):
             return cpu.moe_swiglu(x, experts, scores, *panels)
         else:
             w1, w2, w3 = self.w1, self.w2, self.w3
-        return self._dispatch(x, experts, scores, w1, w2, w3)
-
-    @classmethod
-    def _dispatch(
-        cls, x: Tensor, experts: Tensor, scores: Tensor, w1: Tensor, w2: Tensor, w3: Tensor
-    ) -> Tensor:
-        """The torch path: pairs sorted by expert, one matmul chain per active expert."""
-        valid = experts >= 0  # [T, K]
-        token = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(experts)[valid]  # [P]
-        expert = experts[valid]  # [P]
-        order = torch.argsort(expert, stable=True)
-        token, expert, weight = token[order], expert[order], scores[valid][order]
-        counts = torch.bincount(expert, minlength=w1.shape[0]).tolist()  # [N]
-        rows = x[token].split(counts)  # per expert [count, d], sorted pairs
-        y = torch.cat(
-            [cls._ffn(r, w1[e], w2[e], w3[e]) for e, r in enumerate(rows) if r.shape[0]]
-        )  # [P, d]
-        return torch.zeros_like(x).index_add_(0, token, y * weight[:, None])
+        return grouped_swiglu(x, experts, scores, w1, w2, w3)
 
     def pack_cpu_weights(self) -> None:
         """Pack the weights for the CPU kernel now rather than on the first call (a copy kept
@@ -91,7 +74,3 @@ class Experts(nn.Module):
             and cpu.enabled_for(x)
             and int((experts >= 0).sum()) <= tuning().moe_pairs * n
         )
-
-    @staticmethod
-    def _ffn(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor) -> Tensor:
-        return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w2), w3)
