@@ -228,6 +228,13 @@ int hagmoe_decode_layer(const hagmoe_layer *L, const hagmoe_decode_rows *s, cons
     return failed ? -1 : 0;
 }
 
+static inline float bf16_value(uint16_t bits) {
+    uint32_t wide = (uint32_t)bits << 16;
+    float value;
+    memcpy(&value, &wide, sizeof value);
+    return value;
+}
+
 /* out [d] = row `id` of a packed weight [n, d] (panel id / 32, lane id % 32), in float32. */
 static void panel_row(const hagmoe_weight *w, int64_t id, float *out) {
     int64_t panel = id / PANEL, lane = id % PANEL, d = w->k, at = panel * d * PANEL + lane;
@@ -236,22 +243,14 @@ static void panel_row(const hagmoe_weight *w, int64_t id, float *out) {
         int64_t i = at + j * PANEL;
         if (w->fmt == 0) {
             out[j] = ((const float *)w->panels)[i];
-            continue;
-        }
-        if (w->fmt == 1) {
-            uint32_t bits = (uint32_t)((const uint16_t *)w->panels)[i] << 16;
-            memcpy(out + j, &bits, sizeof bits);
-            continue;
-        }
-        int64_t g = (panel * groups + j / w->group) * PANEL + lane;
-        float scale;
-        if (w->scale_bf16) {
-            uint32_t bits = (uint32_t)((const uint16_t *)w->scales)[g] << 16;
-            memcpy(&scale, &bits, sizeof bits);
+        } else if (w->fmt == 1) {
+            out[j] = bf16_value(((const uint16_t *)w->panels)[i]);
         } else {
-            scale = ((const float *)w->scales)[g];
+            int64_t g = (panel * groups + j / w->group) * PANEL + lane; /* its scale */
+            float scale = w->scale_bf16 ? bf16_value(((const uint16_t *)w->scales)[g])
+                                        : ((const float *)w->scales)[g];
+            out[j] = (float)((const int8_t *)w->panels)[i] * scale;
         }
-        out[j] = (float)((const int8_t *)w->panels)[i] * scale;
     }
 }
 
