@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live_server import KEYS, launch_server, save_tiny_model
+from live_server import KEYS, WIDER, launch_server, save_tiny_model
 
 import hagmoe
 from loadtests.server_process import ServeProcess
@@ -21,8 +21,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wider_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("wider-model"), **WIDER)
+
+
+@pytest.fixture(scope="session")
 def launched(
-    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    model_dir: Path, wider_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServeProcess]]:
     """The shared servers, started together so their start-up overlaps."""
     logs = tmp_path_factory.mktemp("logs")
@@ -37,8 +42,8 @@ def launched(
             *("--max-concurrent-requests", "1", "--max-queue", "0", "--max-body-bytes", "2048"),
             *("--header-timeout", "1", "--body-timeout", "1"),
         ),
-        "drain": launch_server(model_dir, logs / "drain.log", "--drain-timeout", "20"),
-        "cut": launch_server(model_dir, logs / "cut.log", "--drain-timeout", "0.1"),
+        "drain": launch_server(wider_model_dir, logs / "drain.log", "--drain-timeout", "20"),
+        "cut": launch_server(wider_model_dir, logs / "cut.log", "--drain-timeout", "0.1"),
     }
     try:
         yield servers

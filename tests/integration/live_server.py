@@ -12,11 +12,17 @@ from hagmoe.model import Tokenizer, named_config, random_model, save_model
 from loadtests.server_process import ServeProcess
 
 
-def save_tiny_model(folder: Path, vocab: int = 320, eos: int = 257) -> Path:
-    """The tests' served model: `tiny`, random weights (seed 0), a byte-level tokenizer."""
-    config = named_config("tiny", vocab_size=vocab, eos_token_id=eos)
+def save_tiny_model(folder: Path, vocab: int = 320, eos: int = 257, **overrides: Any) -> Path:
+    """The tests' served model: `tiny` (with config overrides), random weights (seed 0), a
+    byte-level tokenizer."""
+    config = named_config("tiny", vocab_size=vocab, eos_token_id=eos, **overrides)
     save_model(random_model(config, seed=0), folder, tokenizer=Tokenizer.byte_level(vocab))
     return folder
+
+
+# `tiny` widened so that a 480-token request takes ~0.6 s on one thread (tiny's own: ~0.25 s
+# served): the drain tests' in-flight requests outlast the checks made while they run
+WIDER = {"hidden_size": 256, "num_layers": 4, "ffn_size": 512}
 
 
 KEYS = ("key-one", "key-from-file")

@@ -191,7 +191,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 
 def test_stream_failure_ends_with_error_then_done(server: ServeProcess) -> None:
-    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 480, "stream": True, "timeout": 0.1}
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 480, "stream": True, "timeout": 0.02}
     with httpx.stream("POST", server.url + "/v1/completions", json={**body, **EXTRA}) as r:
         assert r.status_code == 200
         events = sse_events(r.iter_lines())

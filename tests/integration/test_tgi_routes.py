@@ -146,7 +146,7 @@ def test_malformed_json_is_422(server: ServeProcess) -> None:
 
 
 def test_timeout_gives_504_unary_and_error_event_in_stream(server: ServeProcess) -> None:
-    long = {"max_new_tokens": 480, "ignore_eos": True, "timeout": 0.1}
+    long = {"max_new_tokens": 480, "ignore_eos": True, "timeout": 0.02}  # 480 tokens: ~0.24 s
     r = post(server, "/generate", {"inputs": "Hello", "parameters": long})
     assert r.status_code == 504 and r.json()["error_type"] == "timeout"
     with httpx.stream(
