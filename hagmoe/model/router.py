@@ -54,6 +54,8 @@ class StackedWeight(nn.Module):
 class AttentionRouter(nn.Module):
     """Routes with the layer's own attention rows over cached routing values (MODEL.md)."""
 
+    values_packed: PackedLinear | None = None  # W_rv [G+N, d] in float32 panels (pack_values)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -69,8 +71,6 @@ class AttentionRouter(nn.Module):
         self.fine = StackedWeight(g, m, d)  # [G, M, d]
         self.entropy_mean: Tensor
         self.register_buffer("entropy_mean", torch.zeros(()))  # mu_H
-
-    values_packed: PackedLinear | None = None  # W_rv [G+N, d] in float32 panels (pack_values)
 
     def values_weight(self) -> Tensor:
         """W_rv [G+N, d] = [W_g / sqrt(d) ; every group's W_e]."""
