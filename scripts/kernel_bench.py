@@ -11,13 +11,13 @@ and GFLOP/s of each path.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 
-from hagmoe.kernels import cpu, tuning
+from hagmoe.kernels import cpu
+from hagmoe.kernels.torch_experts import grouped_swiglu
 from hagmoe.kernels.tuning import median_seconds
 from hagmoe.model import random_model
 from hagmoe.model.layer import DecoderLayer
@@ -35,14 +35,12 @@ def moe_rows(model: HagMoEModel, tokens: int, repeats: int) -> str:
     scores = torch.rand(tokens, cfg.k_max, generator=g) * (chosen >= 0)
     pairs = int((chosen >= 0).sum())
     flops = 2 * pairs * 3 * cfg.hidden_size * cfg.ffn_size
-    times = []
-    measured, cached = tuning.tuning(), tuning._tuning
-    for threshold in (10**9, -1):  # the kernel for every size, then torch for every size
-        tuning._tuning = lambda threads, t=threshold: replace(measured, moe_pairs=t)  # type: ignore[assignment]
-        seconds = median_seconds(lambda: [e(x, chosen, scores) for e in layers], repeats, 3)
-        times.append(seconds / len(layers))
-    tuning._tuning = cached
-    kernel, torch_path = times
+    panels = [cpu.expert_panels(e.w1, e.w2, e.w3) for e in layers]
+    paths = (  # the kernel, then the torch path Experts falls back to, at every size
+        lambda: [cpu.moe_swiglu(x, chosen, scores, *p) for p in panels],
+        lambda: [grouped_swiglu(x, chosen, scores, e.w1, e.w2, e.w3) for e in layers],
+    )
+    kernel, torch_path = (median_seconds(path, repeats, 3) / len(layers) for path in paths)
     return (
         f"| {tokens} | {pairs} | {kernel * 1e3:.2f} ms ({flops / kernel / 1e9:.0f}) "
         f"| {torch_path * 1e3:.2f} ms ({flops / torch_path / 1e9:.0f}) "
