@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +31,8 @@ class IncrementalDetokenizer:
     token is O(1) amortised. Deltas are decoded from the output tokens alone: their concatenation
     plus `flush()` equals `tokenizer.decode(output_ids)` when no stop string fires.
     `prompt_token_ids` is kept for the engine's bookkeeping and does not affect the text.
+    With skip_special_tokens, `special_token_ids` (exactly the ids the tokenizer's decode skips)
+    are dropped as they arrive, so a run of them does not lengthen the decoded window.
 
     Stop strings are found across token boundaries. Text that could be the start of a stop
     string is held back until it is ruled out, so no part of a stop string is ever emitted; once
@@ -44,6 +46,7 @@ class IncrementalDetokenizer:
         prompt_token_ids: list[int],
         stop: Sequence[str] = (),
         skip_special_tokens: bool = True,
+        special_token_ids: Set[int] = frozenset(),
     ) -> None:
         if any(not s for s in stop):
             raise ValueError("stop strings must be non-empty")
@@ -52,6 +55,7 @@ class IncrementalDetokenizer:
         self._stops = tuple(stop)
         self._max_hold = max((len(s) for s in self._stops), default=1) - 1
         self._skip_special_tokens = skip_special_tokens
+        self._skipped = special_token_ids if skip_special_tokens else frozenset()
         self._ids: list[int] = []  # output tokens from the prefix offset on
         self._read_offset = 0  # self._ids[:read_offset] is already decoded as _prefix_text
         self._prefix_text = ""
@@ -82,6 +86,8 @@ class IncrementalDetokenizer:
         """
         if self._closed:
             raise RuntimeError("detokenizer is finished (stop string or flush); no more tokens")
+        if token_id in self._skipped:  # no text, and kept out of the window so that it stays short
+            return DetokenizerUpdate("")
         self._ids.append(token_id)
         self._pending += self._decode_step(final=False)
         return self._release(final=False)

@@ -104,7 +104,11 @@ class EngineCore:
             request.grammar = self._grammars().matcher(params.structured_outputs)
         if self.tokenizer is not None:
             request.detokenizer = IncrementalDetokenizer(
-                self.tokenizer, request.prompt_token_ids, params.stop, params.skip_special_tokens
+                self.tokenizer,
+                request.prompt_token_ids,
+                params.stop,
+                params.skip_special_tokens,
+                self.tokenizer.special_token_ids,
             )
         return request
 

@@ -109,13 +109,12 @@ class Sampler:
 def _plain_greedy(logits: Tensor, requests: Sequence[Request]) -> SamplerOutput:
     """Argmax of each row of logits [B, V], and where asked the chosen token's logprob (its
     logit minus the row's logsumexp; no alternatives)."""
-    asked = [r.sampling_params.logprobs is not None for r in requests]
-    if not any(asked):
-        return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(requests))
     # not cpu.enabled_for: the sampler is never traced nor differentiated, and each check it
     # skips is one more cold call after a decode step
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and cpu.library():
         token_ids, logprob = cpu.greedy_logprob(logits)  # one C pass: 90 us a step less (S)
+    elif not any(r.sampling_params.logprobs is not None for r in requests):
+        return SamplerOutput(logits.argmax(dim=-1).tolist(), [None] * len(requests))
     else:
         best, ids = logits.max(dim=-1)  # [B]: the first maximum, as argmax
         token_ids = ids.tolist()
@@ -123,8 +122,8 @@ def _plain_greedy(logits: Tensor, requests: Sequence[Request]) -> SamplerOutput:
     return SamplerOutput(
         token_ids,
         [
-            TokenLogprob(t, lp, {}) if a else None
-            for t, lp, a in zip(token_ids, logprob, asked, strict=True)
+            TokenLogprob(t, lp, {}) if r.sampling_params.logprobs is not None else None
+            for t, lp, r in zip(token_ids, logprob, requests, strict=True)
         ],
     )
 

@@ -65,7 +65,7 @@ _SIGNATURES = {
     "hagmoe_moe_swiglu_q": [_P] * 3 + [_I64] * 2 + [_P] * 5 + [_I64] * 5 + [_INT] * 3,
     "hagmoe_decode_layer": [_P] * 7,
     "hagmoe_decode_model": [_P] * 7,
-    "hagmoe_greedy_logprob": [_P, _I64, _I64, _P, _P],
+    "hagmoe_greedy_logprob": [_P, _I64, _I64, _P, _P, _I64],
 }
 
 
@@ -224,7 +224,14 @@ def greedy_logprob(logits: Tensor) -> tuple[list[int], list[float]]:
     logits = logits.contiguous()
     rows, vocab = logits.shape
     ids, logprob = np.empty(rows, np.int64), np.empty(rows, np.float32)
-    lib.hagmoe_greedy_logprob(logits.data_ptr(), rows, vocab, ids.ctypes.data, logprob.ctypes.data)
+    lib.hagmoe_greedy_logprob(
+        logits.data_ptr(),
+        rows,
+        vocab,
+        ids.ctypes.data,
+        logprob.ctypes.data,
+        torch.get_num_threads(),
+    )
     return ids.tolist(), logprob.tolist()
 
 

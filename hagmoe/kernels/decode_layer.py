@@ -216,9 +216,12 @@ class DecodeLayer:
         return cls(tensors, struct, top_k, routed[0] > 0, qkv[0].fmt.is_float32)
 
     def takes(self, rows: int) -> bool:
-        """Whether a decode step of `rows` rows runs here (float32 weights: while the kernels
-        beat MKL on this machine, tuning)."""
-        return not self.float32 or rows <= tuning().panel_rows
+        """Whether a decode step of `rows` rows runs here: any with bf16 / int8 weights; with
+        float32 ones up to the rows where MKL beats the linear kernel even on a plain weight
+        (tuning's plain_rows). Below that the one call's saving on the layer's other work
+        outweighs MKL's lead over the kernel on packed panels (panel_rows): docs/benchmarks.md,
+        "the one-call step past panel_rows"."""
+        return not self.float32 or rows <= tuning().plain_rows
 
     def __call__(
         self, x: Tensor, rows: DecodeRows, caches: list[Tensor]

@@ -90,7 +90,11 @@ class OnnxGenerator:
         validate_prompt(ids, self.config.max_position, self.config.vocab_size)
         request = Request(f"onnx-{next(self._ids)}", ids, params, self.eos_token_id)
         request.detokenizer = IncrementalDetokenizer(
-            self.tokenizer, ids, params.stop, params.skip_special_tokens
+            self.tokenizer,
+            ids,
+            params.stop,
+            params.skip_special_tokens,
+            self.tokenizer.special_token_ids,
         )
         return request
 

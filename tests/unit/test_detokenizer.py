@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from hagmoe.engine.detokenizer import IncrementalDetokenizer
+from hagmoe.model.tokenizer import Tokenizer as ByteTokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Hello world, hello again!",
@@ -165,3 +166,25 @@ def test_special_tokens_follow_skip_special_tokens() -> None:
     ids = [*adapter().encode("hello"), eos]
     assert "".join(stream(ids)[1]) == "hello"
     assert "".join(stream(ids, skip=False)[1]) == "hello" + EOS
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 511), max_size=40), st.sampled_from([(), ("ab",), ("\ufffd",)]))
+def test_dropping_special_ids_on_arrival_changes_no_delta(
+    ids: list[int], stop: tuple[str, ...]
+) -> None:
+    """The byte-level tokenizer of a random model (ids from 256 up are specials): deltas and the
+    stop are the same whether the specials are dropped as they arrive or skipped by decode."""
+    tokenizer = ByteTokenizer.byte_level(512)
+
+    def run(special_ids: frozenset[int]) -> tuple[list[str], str | None]:
+        detok = IncrementalDetokenizer(tokenizer, [], stop, True, special_ids)
+        deltas = []
+        for token in ids:
+            update = detok.append(token)
+            deltas.append(update.text)
+            if update.stop is not None:
+                return deltas, update.stop
+        return [*deltas, detok.flush()], None
+
+    assert run(tokenizer.special_token_ids) == run(frozenset())
