@@ -69,10 +69,11 @@ def crossover(
     kernel: Callable[[int], float], torch_path: Callable[[int], float], steps: tuple[int, ...]
 ) -> int:
     """The largest of steps up to which kernel(m) <= torch_path(m) (seconds), steps[0] at
-    least."""
+    least. A loss is timed once more before it counts: on a loaded machine one noisy timing
+    would otherwise fix a small crossover for good (it is cached)."""
     best = steps[0]
     for m in steps:
-        if kernel(m) > torch_path(m):
+        if kernel(m) > torch_path(m) and kernel(m) > torch_path(m):
             break
         best = m
     return best

@@ -36,6 +36,16 @@ def test_crossover_is_the_last_row_count_before_the_kernel_first_loses(wins: lis
         assert rows == (steps[lost[0] - 1] if lost[0] > 0 else steps[0])
 
 
+def test_a_loss_timed_once_more_must_repeat_to_end_the_crossover() -> None:
+    """A noisy loss at 32 rows (the next timing wins) does not stop the sweep; one at 128
+    rows that repeats does."""
+    timings = {32: [2.0, 1.0], 128: [2.0, 2.0]}
+    rows = tuning.crossover(
+        lambda m: timings[m].pop(0) if m in timings else 1.0, lambda m: 1.5, tuning.ROW_STEPS
+    )
+    assert rows == 64
+
+
 @pytest.fixture
 def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The built library copied into an empty kernel cache, which the tests then use."""
