@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hagmoe.huge_pages  # noqa: F401 (before torch, which reads its setting on import)
+
+# isort: split
 import argparse
 import json
 import sys

@@ -15,6 +15,9 @@ step (Python, torch ops, and the ctypes kernels inside their Python wrappers).
 
 from __future__ import annotations
 
+import hagmoe.huge_pages  # noqa: F401 (before torch, which reads its setting on import)
+
+# isort: split
 import argparse
 import cProfile
 import pstats

@@ -10,6 +10,9 @@ and GFLOP/s of each path.
 
 from __future__ import annotations
 
+import hagmoe.huge_pages  # noqa: F401 (before torch, which reads its setting on import)
+
+# isort: split
 import argparse
 from typing import cast
 
