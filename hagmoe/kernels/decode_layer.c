@@ -17,7 +17,7 @@
  */
 #include "kernels.h"
 
-/* A packed weight [n, k]: float32 (fmt 0), bf16 (1) or int8 (2) panels, as quant.py lays out. */
+/* A packed weight [n, k]: float32, bf16 or int8 panels (fmt: WEIGHT_*), as quant.py lays out. */
 typedef struct {
     const void *panels, *scales;
     const float *bias; /* [n] or NULL */
@@ -76,7 +76,7 @@ typedef struct {
 } hagmoe_decode_rows;
 
 static void linear_any(const hagmoe_weight *w, const float *x, float *out, int64_t m, int threads) {
-    if (w->fmt == 0)
+    if (w->fmt == WEIGHT_F32)
         hagmoe_linear(x, w->panels, w->bias, out, m, w->k, w->n, threads);
     else
         hagmoe_linear_q(x, w->panels, w->scales, w->bias, out, m, w->k, w->n, w->group, w->fmt,
@@ -136,7 +136,7 @@ static void top_k_row(const float *logits, int64_t n, int64_t k, int normalize, 
 
 static int moe_any(const hagmoe_expert_weights *w, const float *u, const int64_t *chosen,
                    const float *scores, float *out, int64_t rows, int64_t k, int threads) {
-    if (w->fmt == 0)
+    if (w->fmt == WEIGHT_F32)
         return hagmoe_moe_swiglu(u, chosen, scores, rows, k, w->gate_up, w->down, out,
                                  w->experts, w->d, w->F, threads);
     return hagmoe_moe_swiglu_q(u, chosen, scores, rows, k, w->gate_up, w->gate_up_scales, w->down,
@@ -238,12 +238,12 @@ static inline float bf16_value(uint16_t bits) {
 /* out [d] = row `id` of a packed weight [n, d] (panel id / 32, lane id % 32), in float32. */
 static void panel_row(const hagmoe_weight *w, int64_t id, float *out) {
     int64_t panel = id / PANEL, lane = id % PANEL, d = w->k, at = panel * d * PANEL + lane;
-    int64_t groups = w->fmt == 2 ? (d + w->group - 1) / w->group : 0;
+    int64_t groups = w->fmt == WEIGHT_INT8 ? (d + w->group - 1) / w->group : 0;
     for (int64_t j = 0; j < d; j++) {
         int64_t i = at + j * PANEL;
-        if (w->fmt == 0) {
+        if (w->fmt == WEIGHT_F32) {
             out[j] = ((const float *)w->panels)[i];
-        } else if (w->fmt == 1) {
+        } else if (w->fmt == WEIGHT_BF16) {
             out[j] = bf16_value(((const uint16_t *)w->panels)[i]);
         } else {
             int64_t g = (panel * groups + j / w->group) * PANEL + lane; /* its scale */

@@ -9,6 +9,10 @@
 #include <string.h>
 
 #define LANES 16
+/* A packed weight's element type (quant.py's format codes). */
+#define WEIGHT_F32 0
+#define WEIGHT_BF16 1
+#define WEIGHT_INT8 2
 #define PANEL 32
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 /* The MoE kernels split each weight's panels into this many runs of consecutive panels per

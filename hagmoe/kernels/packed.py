@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hagmoe.kernels import cpu, quant
-from hagmoe.kernels.tuning import panels_matmul, tuning
+from hagmoe.kernels.tuning import moe_kernel_wins, panels_matmul, tuning
 from hagmoe.quantization.format import WeightFormat
 
 
@@ -202,7 +202,7 @@ class PackedExperts:
             return False
         if not self.fmt.is_float32:
             return True
-        return int((experts >= 0).sum()) <= tuning().moe_pairs * self.num_experts
+        return moe_kernel_wins(experts, self.num_experts)
 
     def __call__(self, x: Tensor, experts: Tensor, scores: Tensor) -> Tensor:
         """sum_k scores[t, k] * E_{experts[t, k]}(x[t]) for x [T, d], experts / scores [T, K];

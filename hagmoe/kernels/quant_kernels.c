@@ -18,9 +18,6 @@
  */
 #include "kernels.h"
 
-#define WEIGHT_BF16 1
-#define WEIGHT_INT8 2
-
 #ifdef __AVX512F__
 #define QTILE 12 /* 24 accumulators in 32 zmm registers */
 #else

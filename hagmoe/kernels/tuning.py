@@ -126,6 +126,12 @@ def _moe_crossover(g: torch.Generator) -> int:
     )
 
 
+def moe_kernel_wins(experts: torch.Tensor, num_experts: int) -> bool:
+    """Whether the float32 MoE kernel serves a call routing `experts` [T, K] (-1: none) over
+    num_experts: while the routed pairs per expert on average stay within moe_pairs."""
+    return int((experts >= 0).sum()) <= tuning().moe_pairs * num_experts
+
+
 def _path(library: Path, threads: int) -> Path:
     return library.with_name(f"{library.stem}.tuning-{threads}t.json")
 

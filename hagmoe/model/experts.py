@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from hagmoe.kernels import cpu
 from hagmoe.kernels.packed import PackedExperts
 from hagmoe.kernels.torch_experts import grouped_swiglu
-from hagmoe.kernels.tuning import tuning
+from hagmoe.kernels.tuning import moe_kernel_wins
 from hagmoe.model.config import ModelConfig
 from hagmoe.quantization.format import WeightFormat
 
@@ -68,9 +68,8 @@ class Experts(nn.Module):
     def _use_kernel(self, x: Tensor, experts: Tensor) -> bool:
         """The CPU kernel wins while experts see few pairs each (decode and mixed steps), up to
         this machine's crossover (tuning)."""
-        n = self.w1.shape[0]
         return (
             self._kernel_shapes()
             and cpu.enabled_for(x)
-            and int((experts >= 0).sum()) <= tuning().moe_pairs * n
+            and moe_kernel_wins(experts, self.w1.shape[0])
         )

@@ -96,9 +96,8 @@ class ForwardContext:
     return_routing: bool = False  # fill `routing` with each layer's decisions
     training: TrainingOptions | None = None  # the training objective's forward; None: serving
     routing: list[LayerRouting] = field(default_factory=list)
-    decode_routing: DecodeRouting | None = (
-        None  # every layer's decisions [L, T, ...], one-call decode
-    )
+    # every layer's decisions [L, T, ...] of a one-call decode
+    decode_routing: DecodeRouting | None = None
     _cached: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
