@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from loadtests.http_backend import HttpBackend, StreamError
+from loadtests.http_backend import HttpBackend, StreamError, sse_data
 from loadtests.metrics import RequestOutput, StreamTimer
 
 
@@ -44,3 +49,23 @@ def test_chat_skips_the_role_chunk_and_reads_usage() -> None:
 def test_error_events_fail_the_request(kind: str, event: dict[str, Any]) -> None:
     with pytest.raises(StreamError):
         feed(kind, [event])
+
+
+BODY = (
+    b': a comment\n\ndata: {"a": 1}\n\nevent: x\r\ndata: {"b": 2}\r\n\r\n'
+    b'data: [DONE]\n\ndata: {"cut": 1}'  # the last event never completes
+)
+
+
+@given(st.lists(st.integers(0, len(BODY)), max_size=8))
+def test_sse_data_is_the_same_however_the_body_is_split(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(BODY)]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for a, b in itertools.pairwise(bounds):
+            yield BODY[a:b]
+
+    async def read() -> list[bytes]:
+        return [data async for data in sse_data(chunks())]
+
+    assert asyncio.run(read()) == [b'{"a": 1}', b'{"b": 2}', b"[DONE]"]
