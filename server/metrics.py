@@ -9,7 +9,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -35,6 +38,9 @@ class Metrics:
 
     def __init__(self, info: ModelInfo) -> None:
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total
+        GCCollector(registry=r)  # python_gc_collections_total{generation}
+        PlatformCollector(registry=r)  # python_info
         self.requests = Counter(
             "hagmoe_requests", "Requests by route and outcome", ["route", "outcome"], registry=r
         )

@@ -81,3 +81,10 @@ def test_bulk_histogram_agrees_with_prometheus() -> None:
     }
     assert ours == pytest.approx(expected)
     assert b"ref_bucket" in generate_latest(registry)
+
+
+def test_the_process_and_its_collector_are_exposed() -> None:
+    text = generate_latest(Metrics(INFO).registry).decode()
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"):
+        assert f"\n{name}" in text, name
+    assert 'python_gc_collections_total{generation="2"}' in text
